@@ -1,0 +1,79 @@
+"""`dynamics` command line: parse, call the library, print. Errors → one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dynamics.api import diff
+from dynamics.errors import DynamicsError
+from dynamics.outputs import write_h5, write_json
+from dynamics.summary import format_side_by_side, format_summary
+
+
+def _cmd_diff(args: argparse.Namespace) -> None:
+    result = diff(args.a, args.b, device=args.device, strict=args.strict, save_masks=args.save_masks,
+                  progress=not args.quiet)
+    print(format_summary(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"\nwrote {args.json}")
+    if args.h5:
+        write_h5(result, args.h5)
+        print(f"wrote {args.h5}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from dynamics.demo_training import make_demo_checkpoints
+
+    out = Path(args.out)
+    folders = make_demo_checkpoints(out / "checkpoints", seed=args.seed, progress=not args.quiet)
+    results = {}
+    for run in ("rl", "sft"):
+        results[run] = diff(folders["base"], folders[run], device=args.device)
+        write_json(results[run], out / f"diff-base-vs-{run}.json")
+    print(f"\nbase vs each fine-tuned copy (bf16 checkpoints in {out / 'checkpoints'}):\n")
+    print(format_side_by_side({f"base→{run}": r for run, r in results.items()}))
+    print(f"\nfull diffs: {out / 'diff-base-vs-rl.json'}, {out / 'diff-base-vs-sft.json'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dynamics", description="Parameter-update dynamics inspector.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("diff", help="compare checkpoint B (tuned) against A (base)")
+    p.add_argument("a", help="base checkpoint: HF folder, .safetensors, .bin/.pt, trainer folder")
+    p.add_argument("b", help="tuned checkpoint, or a PEFT adapter folder applied on A")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", type=Path, help="write the dynamics.diff/1 JSON document here")
+    p.add_argument("--h5", type=Path, help="write per-tensor datasets and histograms here (HDF5)")
+    p.add_argument("--save-masks", action="store_true", help="also store bit-packed update masks in --h5")
+    p.add_argument("--strict", action="store_true", help="fail on missing tensors and shape/dtype mismatches")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_diff)
+
+    p = sub.add_parser("demo", help="train a tiny model, fine-tune RL-like and SFT-like copies, diff both")
+    p.add_argument("--out", default="demo-out", help="folder for checkpoints and diffs (default demo-out)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(run=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "save_masks", False) and not args.h5:
+        print("dynamics: error: --save-masks needs --h5 PATH", file=sys.stderr)
+        return 2
+    try:
+        args.run(args)
+    except DynamicsError as e:
+        print(f"dynamics: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

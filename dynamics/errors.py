@@ -1,0 +1,13 @@
+"""Error families raised at the boundary; the CLI turns each into one line and exit code 2."""
+
+
+class DynamicsError(Exception):
+    """Base of every error the CLI reports as a one-line message."""
+
+
+class CheckpointError(DynamicsError):
+    """A checkpoint cannot be opened or a tensor cannot be read (message names file and tensor)."""
+
+
+class PairingError(DynamicsError):
+    """Two checkpoints do not pair under `--strict` (missing tensor, shape or dtype mismatch)."""

@@ -1,0 +1,92 @@
+"""Write a `DiffResult` as JSON and HDF5, atomically (temporary file in the same folder + rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from dynamics.element_stats import ElementStats
+from dynamics.metrics import ELEMENT_METRICS, derived_metrics
+from dynamics.result import SCHEMA, DiffResult
+
+NOT_APPLICABLE_INT = -1  # HDF5 stand-in for None in integer columns (e.g. rows of a 1-D tensor)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(result: DiffResult, path: str | Path) -> None:
+    """The `dynamics.diff/1` document; NaN/Inf floats become null so the file is strict JSON."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_finite(result.to_json()), indent=1, allow_nan=False))
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_h5(result: DiffResult, path: str | Path) -> None:
+    """HDF5 with one dataset per column of the per-tensor rows (`/tensors/<field>`), the histogram
+    and tolerance counts as 2-D datasets, the model summary in `/summary`, the full JSON document
+    in `/diff_json`, and bit-packed update masks in `/masks/<tensor name>` when present.
+    Integer None → -1, float None → NaN."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["schema"] = SCHEMA
+        f.attrs["a"] = result.a.path
+        f.attrs["b"] = result.b.path
+        f.attrs["device"] = result.device
+        f.create_dataset("diff_json", data=json.dumps(_finite(result.to_json())))
+        _write_rows(f.create_group("tensors"), [r.stats for r in result.records])
+        f["tensors"].create_dataset("name", data=np.array([r.name for r in result.records], dtype=object),
+                                    dtype=h5py.string_dtype())
+        f["tensors"].create_dataset("layer", data=np.array(
+            [NOT_APPLICABLE_INT if r.layer is None else r.layer for r in result.records], dtype=np.int64))
+        f["tensors"].create_dataset("module_kind", data=np.array([r.module_kind for r in result.records], dtype=object),
+                                    dtype=h5py.string_dtype())
+        _write_rows(f.create_group("summary"), [result.summary()])
+        masks = f.create_group("masks")
+        for record in result.records:
+            if record.name in result.masks:
+                ds = masks.create_dataset(record.name, data=result.masks[record.name], compression="gzip")
+                ds.attrs["shape"] = list(record.shape)
+
+
+def _write_rows(group: h5py.Group, rows: list[ElementStats]) -> None:
+    for f in fields(ElementStats):
+        values = [getattr(s, f.name) for s in rows]
+        if f.name in ("ulp_histogram", "within_abs", "within_rel"):
+            group.create_dataset(f.name, data=np.array(values, dtype=np.int64).reshape(len(rows), -1))
+        elif f.type == "float":
+            group.create_dataset(f.name, data=np.array(values, dtype=np.float64))
+        else:
+            group.create_dataset(f.name, data=np.array(
+                [NOT_APPLICABLE_INT if v is None else v for v in values], dtype=np.int64))
+    derived = [derived_metrics(s) for s in rows]
+    for name in ELEMENT_METRICS:
+        values = [d[name] for d in derived]
+        if all(v is None or isinstance(v, float) for v in values):
+            group.create_dataset(name, data=np.array([np.nan if v is None else v for v in values], dtype=np.float64))

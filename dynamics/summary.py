@@ -1,0 +1,106 @@
+"""Plain-text summaries of a `DiffResult` for the terminal."""
+
+from __future__ import annotations
+
+from dynamics.element_stats import ABS_TOLERANCES, ElementStats, ulp_bucket_labels
+from dynamics.metrics import derived_metrics
+from dynamics.result import DiffResult
+
+TOP_TENSORS = 10
+_BAR_WIDTH = 30
+
+
+def _num(value: float | None, fmt: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _headline(stats: ElementStats) -> list[tuple[str, str]]:
+    m = derived_metrics(stats)
+    rows = [
+        ("bitwise sparsity", f"{_num(m['bitwise_sparsity'])}  ({stats.changed:,} of {stats.numel:,} changed)"),
+        ("relative update norm", _num(m["relative_update_norm"], ".3e")),
+        ("one-ULP share of moved", _num(m["one_ulp_fraction"])),
+        (f"abs tolerance sparsity (|Δ|≤{ABS_TOLERANCES[3]:g})", _num(m["abs_tolerance_sparsity"][f"{ABS_TOLERANCES[3]:g}"])),
+        ("max |Δ|", _num(stats.max_abs_delta, ".3e")),
+    ]
+    if stats.hidden_by_bf16 is not None:
+        rows.append(("hidden by bf16 (fp32 pairs)", _num(m["hidden_by_bf16_fraction"])))
+    if stats.changed_signed_zero or stats.changed_nonfinite:
+        rows.append(("±0 flips / NaN-Inf changes", f"{stats.changed_signed_zero:,} / {stats.changed_nonfinite:,}"))
+    if stats.nan_a + stats.nan_b + stats.inf_a + stats.inf_b:
+        rows.append(("NaN / Inf in A, B", f"{stats.nan_a}/{stats.inf_a}, {stats.nan_b}/{stats.inf_b}"))
+    return rows
+
+
+def _ulp_histogram(stats: ElementStats) -> list[str]:
+    moved = stats.moved
+    if not moved:
+        return ["  (no element moved)"]
+    last = max(j for j, c in enumerate(stats.ulp_histogram) if c)
+    labels = ulp_bucket_labels()
+    lines = []
+    for j in range(last + 1):
+        share = stats.ulp_histogram[j] / moved
+        lines.append(f"  {labels[j]:>13} ULP  {'#' * round(share * _BAR_WIDTH):<{_BAR_WIDTH}} {share:7.2%}")
+    return lines
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return [fmt.format(*header), *(fmt.format(*r) for r in rows)]
+
+
+def format_summary(result: DiffResult) -> str:
+    """Headline numbers, ULP histogram, most/least changed tensors, per-module-kind table, unpaired."""
+    s = result.summary()
+    lines = [f"A: {result.a.path}  [{result.a.format}]", f"B: {result.b.path}  [{result.b.format}]"]
+    lines += [f"   note ({side}): {n}" for side, r in (("A", result.a), ("B", result.b)) for n in r.notes]
+    rate = result.bytes_read / result.seconds / 1e9 if result.seconds else 0.0
+    lines.append(f"{len(result.records)} tensors on {result.device}: {result.bytes_read / 1e9:.3f} GB in "
+                 f"{result.seconds:.2f} s ({rate:.2f} GB/s)")
+    lines.append("")
+    lines += [f"{k:<36} {v}" for k, v in _headline(s)]
+    lines += ["", "ULP distance of moved weights (stored dtype):", *_ulp_histogram(s)]
+
+    ranked = sorted((r for r in result.records if r.stats.numel), key=lambda r: r.stats.changed / r.stats.numel)
+    for title, chosen in (("Most changed tensors", ranked[::-1][:TOP_TENSORS]), ("Least changed tensors", ranked[:TOP_TENSORS])):
+        lines += ["", f"{title}:"]
+        lines += _table(
+            ["tensor", "shape", "bitwise sparsity", "rel. update norm"],
+            [[r.name, "x".join(map(str, r.shape)), _num(derived_metrics(r.stats)["bitwise_sparsity"]),
+              _num(derived_metrics(r.stats)["relative_update_norm"], ".2e")] for r in chosen],
+        )
+
+    lines += ["", "Per module kind:"]
+    kind_rows = []
+    for kind, stats in result.by_module_kind().items():
+        m = derived_metrics(stats)
+        kind_rows.append([kind, f"{stats.numel:,}", _num(m["bitwise_sparsity"]),
+                          _num(m["relative_update_norm"], ".2e"), _num(m["one_ulp_fraction"])])
+    lines += _table(["kind", "elements", "bitwise sparsity", "rel. update norm", "1-ULP share"], kind_rows)
+    lines += _unpaired_lines(result)
+    return "\n".join(lines)
+
+
+def _unpaired_lines(result: DiffResult) -> list[str]:
+    u = result.unpaired
+    if u.is_empty():
+        return []
+    lines = ["", "Not compared as-is:"]
+    for label, items in (("only in A", u.only_a), ("only in B", u.only_b), ("not float", u.not_float)):
+        if items:
+            lines.append(f"  {label} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
+    for m in u.shape_mismatch:
+        lines.append(f"  shape mismatch: {m['name']} {m['shape_a']} vs {m['shape_b']} (skipped)")
+    for m in u.dtype_mismatch:
+        lines.append(f"  dtype mismatch: {m['name']} {m['dtype_a']} vs {m['dtype_b']} (compared as {m['compared_as']})")
+    return lines
+
+
+def format_side_by_side(results: dict[str, DiffResult]) -> str:
+    """Headline numbers of several diffs (same base) as columns, one per label."""
+    headlines = {label: dict(_headline(r.summary())) for label, r in results.items()}
+    keys = list(dict.fromkeys(k for h in headlines.values() for k in h))
+    rows = [[k, *(headlines[label].get(k, "") for label in results)] for k in keys]
+    return "\n".join(_table(["", *results], rows))
