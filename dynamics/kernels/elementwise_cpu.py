@@ -107,7 +107,7 @@ def element_stats_cpu(a: torch.Tensor, b: torch.Tensor) -> ElementStats:
     if a.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"element_stats supports {SUPPORTED_DTYPES}, got {a.dtype}")
     is_matrix = a.dim() == 2
-    a2 = a.reshape(a.shape[0], -1) if is_matrix else a.reshape(1, -1)
+    a2 = a if is_matrix else a.reshape(1, -1)
     b2 = b.reshape(a2.shape)
     rows, cols = a2.shape
     total = ElementStats.zero()
