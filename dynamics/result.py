@@ -84,6 +84,13 @@ class DiffResult:
             groups[r.module_kind].append(r)
         return {kind: aggregate(groups[kind]) for kind in MODULE_KINDS if kind in groups}
 
+    def by_dtype(self) -> dict[str, ElementStats]:
+        """Per compared dtype: ULP distances are only comparable within one dtype."""
+        groups: dict[str, list[TensorRecord]] = defaultdict(list)
+        for r in self.records:
+            groups[r.dtype].append(r)
+        return {dtype: aggregate(rs) for dtype, rs in sorted(groups.items())}
+
     def to_json(self) -> dict:
         """The `dynamics.diff/1` JSON document."""
         summary = self.summary()
@@ -102,6 +109,7 @@ class DiffResult:
             "summary": {"tensors": len(self.records), **_stats_row(summary)},
             "by_layer": {str(k): _stats_row(v) for k, v in self.by_layer().items()},
             "by_module_kind": {k: _stats_row(v) for k, v in self.by_module_kind().items()},
+            "by_dtype": {k: _stats_row(v) for k, v in self.by_dtype().items()},
             "tensors": [r.to_row() for r in self.records],
             "unpaired": asdict(self.unpaired),
         }

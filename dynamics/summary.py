@@ -41,7 +41,7 @@ def _ulp_histogram(stats: ElementStats) -> list[str]:
     lines = []
     for j in range(last + 1):
         share = stats.ulp_histogram[j] / moved
-        lines.append(f"  {labels[j]:>13} ULP  {'#' * round(share * _BAR_WIDTH):<{_BAR_WIDTH}} {share:7.2%}")
+        lines.append(f"  {labels[j]:>21} ULP  {'#' * round(share * _BAR_WIDTH):<{_BAR_WIDTH}} {share:7.2%}")
     return lines
 
 
@@ -57,11 +57,12 @@ def format_summary(result: DiffResult) -> str:
     lines = [f"A: {result.a.path}  [{result.a.format}]", f"B: {result.b.path}  [{result.b.format}]"]
     lines += [f"   note ({side}): {n}" for side, r in (("A", result.a), ("B", result.b)) for n in r.notes]
     rate = result.bytes_read / result.seconds / 1e9 if result.seconds else 0.0
-    lines.append(f"{len(result.records)} tensors on {result.device}: {result.bytes_read / 1e9:.3f} GB in "
+    lines.append(f"{len(result.records)} tensors on {result.device}: {result.bytes_read / 1e6:,.1f} MB in "
                  f"{result.seconds:.2f} s ({rate:.2f} GB/s)")
     lines.append("")
     lines += [f"{k:<36} {v}" for k, v in _headline(s)]
-    lines += ["", "ULP distance of moved weights (stored dtype):", *_ulp_histogram(s)]
+    for dtype, stats in result.by_dtype().items():
+        lines += ["", f"ULP distance of moved weights, {dtype} tensors ({stats.moved:,} moved):", *_ulp_histogram(stats)]
 
     ranked = sorted((r for r in result.records if r.stats.numel), key=lambda r: r.stats.changed / r.stats.numel)
     for title, chosen in (("Most changed tensors", ranked[::-1][:TOP_TENSORS]), ("Least changed tensors", ranked[:TOP_TENSORS])):
