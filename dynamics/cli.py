@@ -29,13 +29,17 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     folders = make_demo_checkpoints(out / "checkpoints", seed=args.seed, progress=not args.quiet)
+    columns = {
+        "rl (bf16)": ("base", "rl"), "sft (bf16)": ("base", "sft"),
+        "rl (fp32 master)": ("base_fp32", "rl_fp32"), "sft (fp32 master)": ("base_fp32", "sft_fp32"),
+    }
     results = {}
-    for run in ("rl", "sft"):
-        results[run] = diff(folders["base"], folders[run], device=args.device)
-        write_json(results[run], out / f"diff-base-vs-{run}.json")
-    print(f"\nbase vs each fine-tuned copy (bf16 checkpoints in {out / 'checkpoints'}):\n")
-    print(format_side_by_side({f"base→{run}": r for run, r in results.items()}))
-    print(f"\nfull diffs: {out / 'diff-base-vs-rl.json'}, {out / 'diff-base-vs-sft.json'}")
+    for label, (a, b) in columns.items():
+        results[label] = diff(folders[a], folders[b], device=args.device)
+        write_json(results[label], out / f"diff-{a}-vs-{b}.json")
+    print(f"\nEach fine-tuned copy against the base (checkpoints in {out / 'checkpoints'}):\n")
+    print(format_side_by_side(results))
+    print(f"\nfull diffs: {out}/diff-*.json; inspect one with: dynamics diff {folders['base']} {folders['rl']}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,7 +67,7 @@ class DemoTrainingConfig:
 
 
 def make_demo_checkpoints(out_dir: Path, seed: int = 0, progress: bool = True) -> dict[str, Path]:
-    """Train a tiny base model, tune it twice (RL-like, SFT-like) and save the three as bf16.
+    """Train a tiny base model, tune it twice (RL-like, SFT-like) and save the three in bf16 and fp32.
 
     Takes about 7 s on two CPU cores, plus a few seconds to import torch and transformers.
     The caller's torch random state and thread count are left as they were.
@@ -79,7 +79,8 @@ def make_demo_checkpoints(out_dir: Path, seed: int = 0, progress: bool = True) -
         progress: show one tqdm bar per training phase.
 
     Returns:
-        {"base": out_dir / "base", "rl": out_dir / "rl", "sft": out_dir / "sft"}.
+        {"base": out_dir / "base", "rl": ..., "sft": ...} stored in bfloat16, and the fp32 master
+        weights of each under "base_fp32", "rl_fp32", "sft_fp32" (folders `base-fp32/`, ...).
     """
     settings = DemoTrainingConfig()
     out_dir = Path(out_dir)
@@ -105,7 +106,9 @@ def make_demo_checkpoints(out_dir: Path, seed: int = 0, progress: bool = True) -
     folders = {}
     for name, model in (("base", base), ("rl", rl_model), ("sft", sft_model)):
         folders[name] = out_dir / name
-        save_bf16(model, folders[name])
+        save_checkpoint(model, folders[name], torch.bfloat16)
+        folders[f"{name}_fp32"] = out_dir / f"{name}-fp32"
+        save_checkpoint(model, folders[f"{name}_fp32"], torch.float32)
     return folders
 
 
@@ -268,14 +271,14 @@ def train_rl(model: Qwen2ForCausalLM, settings: DemoTrainingConfig, generator: t
     model.eval()
 
 
-def save_bf16(model: Qwen2ForCausalLM, folder: Path) -> None:
-    """Save a bfloat16 copy as a Hugging Face folder; the float32 model is left untouched."""
-    bf16_copy = copy.deepcopy(model).to(torch.bfloat16)
+def save_checkpoint(model: Qwen2ForCausalLM, folder: Path, dtype: torch.dtype) -> None:
+    """Save a copy in `dtype` as a Hugging Face folder; the float32 master model is left untouched."""
+    copy_in_dtype = copy.deepcopy(model).to(dtype)
     # transformers draws a bar per shard; for a 200 kB file it is noise.
     bars_were_enabled = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
     try:
-        bf16_copy.save_pretrained(folder)
+        copy_in_dtype.save_pretrained(folder)
     finally:
         if bars_were_enabled:
             transformers_logging.enable_progress_bar()

@@ -17,7 +17,8 @@ def _num(value: float | None, fmt: str = ".4f") -> str:
 def _headline(stats: ElementStats) -> list[tuple[str, str]]:
     m = derived_metrics(stats)
     rows = [
-        ("bitwise sparsity", f"{_num(m['bitwise_sparsity'])}  ({stats.changed:,} of {stats.numel:,} changed)"),
+        ("bitwise sparsity", _num(m["bitwise_sparsity"])),
+        ("changed elements", f"{stats.changed:,} of {stats.numel:,}"),
         ("relative update norm", _num(m["relative_update_norm"], ".3e")),
         ("one-ULP share of moved", _num(m["one_ulp_fraction"])),
         (f"abs tolerance sparsity (|Δ|≤{ABS_TOLERANCES[3]:g})", _num(m["abs_tolerance_sparsity"][f"{ABS_TOLERANCES[3]:g}"])),

@@ -16,7 +16,7 @@ from dynamics.demo_training import (
     demo_model_config,
     make_demo_checkpoints,
     sample_prompts,
-    save_bf16,
+    save_checkpoint,
 )
 
 
@@ -31,16 +31,17 @@ def unchanged_bits_fraction(a: dict[str, torch.Tensor], b: dict[str, torch.Tenso
     return equal / sum(tensor.numel() for tensor in a.values())
 
 
-def test_folders_load_as_bf16_qwen2_models(demo_folders: dict[str, Path]) -> None:
-    assert sorted(demo_folders) == ["base", "rl", "sft"]
-    for folder in demo_folders.values():
+def test_folders_load_as_bf16_and_fp32_qwen2_models(demo_folders: dict[str, Path]) -> None:
+    assert sorted(demo_folders) == ["base", "base_fp32", "rl", "rl_fp32", "sft", "sft_fp32"]
+    for name, folder in demo_folders.items():
+        dtype = torch.float32 if name.endswith("fp32") else torch.bfloat16
         assert json.loads((folder / "config.json").read_text())["model_type"] == "qwen2"
         stored = load_file(folder / "model.safetensors")
-        assert {tensor.dtype for tensor in stored.values()} == {torch.bfloat16}
+        assert {tensor.dtype for tensor in stored.values()} == {dtype}
         # Untied: both ends of the model are separate tensors for the diff to see.
         assert "lm_head.weight" in stored and "model.embed_tokens.weight" in stored
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
-        assert model.dtype == torch.bfloat16
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        assert model.dtype == dtype
 
 
 def test_base_is_trained_well_below_uniform_loss(demo_folders: dict[str, Path]) -> None:
@@ -76,7 +77,7 @@ def test_saving_bf16_leaves_the_float32_master_untouched(tmp_path: Path) -> None
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(demo_model_config())
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    save_bf16(model, tmp_path / "copy")
+    save_checkpoint(model, tmp_path / "copy", torch.bfloat16)
     after = model.state_dict()
     assert all(after[name].dtype == torch.float32 for name in before)
     assert all(torch.equal(after[name], before[name]) for name in before)
