@@ -171,3 +171,18 @@ def test_zero_size_tensor_is_compared(pair):
     result = diff(*pair, device="cpu")
     empty = _rows(result)["model.empty"]
     assert empty.numel == 0 and empty.changed == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_pipeline_gives_the_cpu_numbers(tmp_path):
+    base, tuned = _base_and_tuned()
+    a, b = write_safetensors(tmp_path / "a", base, shards=2), write_bin(tmp_path / "b", tuned)
+    on_cpu, on_gpu = _rows(diff(a, b, device="cpu")), _rows(diff(a, b, device="cuda", save_masks=True))
+    assert on_cpu.keys() == on_gpu.keys()
+    for name, cpu in on_cpu.items():
+        gpu = on_gpu[name]
+        for field in ("changed", "ulp_histogram", "within_abs", "within_rel", "hidden_by_bf16", "unchanged_rows",
+                      "unchanged_cols", "max_abs_delta", "nan_b"):
+            assert getattr(gpu, field) == getattr(cpu, field), (name, field)
+        assert gpu.sum_sq_delta == pytest.approx(cpu.sum_sq_delta, rel=1e-6)
