@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from dynamics.checkpoints import Checkpoint, normalise_pair, open_checkpoint
 from dynamics.errors import DynamicsError
+from dynamics.geometry import geometry_stats, skip_reason
 from dynamics.kernels import element_stats
 from dynamics.masks import pack_mask, update_mask
 from dynamics.naming import layer_index, module_kind
@@ -44,6 +45,9 @@ def diff(
     device: str = "auto",
     strict: bool = False,
     save_masks: bool = False,
+    geometry: bool = False,
+    rank_k: int = 64,
+    geometry_exact: bool = False,
     progress: bool = False,
 ) -> DiffResult:
     """Compare checkpoint B (tuned) against A (base), tensor by tensor, in one fused pass each.
@@ -54,6 +58,9 @@ def diff(
         device: "auto", "cpu" or "cuda".
         strict: raise PairingError on any tensor that does not pair cleanly.
         save_masks: keep bit-packed update masks in `DiffResult.masks`.
+        geometry: also run the matrix pass (`dynamics.geometry`) on every 2-D pair, top-`rank_k`
+            subspaces by randomized SVD (exact SVD with `geometry_exact`); pairs it cannot take
+            (1-D, smaller than 2×2, NaN/Inf) are listed in `DiffResult.geometry_skipped`.
         progress: show a tqdm bar by bytes.
 
     Example:
@@ -67,16 +74,26 @@ def diff(
     pairs, unpaired = pair_tensors(ckpt_a, ckpt_b, strict=strict)
 
     start = time.perf_counter()
-    records, masks, bytes_read = [], {}, 0
+    records, masks, geometry_skipped, bytes_read = [], {}, [], 0
     bar = tqdm(total=sum(p.nbytes for p in pairs), unit="B", unit_scale=True, disable=not progress, desc="diff")
     with bar:
         for loaded in stream_pairs(ckpt_a, ckpt_b, pairs, target):
             pair = loaded.pair
+            stats = element_stats(loaded.a, loaded.b)
+            matrix = None
+            if geometry:
+                reason = skip_reason(pair.a.shape, pair.compare_dtype)
+                if reason is None and stats.finite_pairs < stats.numel:
+                    reason = "NaN/Inf values"
+                if reason is None:
+                    matrix = geometry_stats(loaded.a, loaded.b, k=rank_k, exact=geometry_exact)
+                else:
+                    geometry_skipped.append({"name": pair.name, "reason": reason})
             records.append(
                 TensorRecord(
                     name=pair.name, layer=layer_index(pair.name), module_kind=module_kind(pair.name),
                     shape=pair.a.shape, dtype=str(pair.compare_dtype).removeprefix("torch."),
-                    stats=element_stats(loaded.a, loaded.b),
+                    stats=stats, geometry=matrix,
                 )
             )
             if save_masks:
@@ -86,6 +103,7 @@ def diff(
     return DiffResult(
         a=_side(ckpt_a), b=_side(ckpt_b), records=records, unpaired=unpaired, device=target.type,
         seconds=time.perf_counter() - start, bytes_read=bytes_read, masks=masks,
+        geometry_skipped=geometry_skipped,
     )
 
 

@@ -14,6 +14,7 @@ from dynamics.summary import format_side_by_side, format_summary
 
 def _cmd_diff(args: argparse.Namespace) -> None:
     result = diff(args.a, args.b, device=args.device, strict=args.strict, save_masks=args.save_masks,
+                  geometry=args.geometry, rank_k=args.rank_k, geometry_exact=args.geometry_exact,
                   progress=not args.quiet)
     print(format_summary(result))
     if args.json:
@@ -54,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--h5", type=Path, help="write per-tensor datasets and histograms here (HDF5)")
     p.add_argument("--save-masks", action="store_true", help="also store bit-packed update masks in --h5")
     p.add_argument("--strict", action="store_true", help="fail on missing tensors and shape/dtype mismatches")
+    p.add_argument("--geometry", action="store_true",
+                   help="also measure update geometry of 2-D weights (principal angles, energy, rank)")
+    p.add_argument("--rank-k", type=int, default=64, help="top-k singular subspaces for --geometry (default 64)")
+    p.add_argument("--geometry-exact", action="store_true", help="exact SVD instead of randomized (small models)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_diff)
 
@@ -70,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "save_masks", False) and not args.h5:
         print("dynamics: error: --save-masks needs --h5 PATH", file=sys.stderr)
+        return 2
+    if getattr(args, "rank_k", 1) < 1:
+        print("dynamics: error: --rank-k must be at least 1", file=sys.stderr)
         return 2
     try:
         args.run(args)

@@ -52,7 +52,8 @@ def _finite(value):
 def write_h5(result: DiffResult, path: str | Path) -> None:
     """HDF5 with one dataset per column of the per-tensor rows (`/tensors/<field>`), the histogram
     and tolerance counts as 2-D datasets, the model summary in `/summary`, the full JSON document
-    in `/diff_json`, and bit-packed update masks in `/masks/<tensor name>` when present.
+    in `/diff_json`, top-k singular values of W0, W1 and Δ in `/singular_values/<tensor name>/{a,b,delta}`
+    after the matrix pass, and bit-packed update masks in `/masks/<tensor name>` when present.
     Integer None → -1, float None → NaN."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["schema"] = SCHEMA
@@ -68,6 +69,12 @@ def write_h5(result: DiffResult, path: str | Path) -> None:
         f["tensors"].create_dataset("module_kind", data=np.array([r.module_kind for r in result.records], dtype=object),
                                     dtype=h5py.string_dtype())
         _write_rows(f.create_group("summary"), [result.summary()])
+        singular_values = f.create_group("singular_values")
+        for record in result.records:
+            if record.geometry is not None:
+                group = singular_values.create_group(record.name)
+                for side in ("a", "b", "delta"):
+                    group.create_dataset(side, data=np.array(getattr(record.geometry, f"singular_values_{side}")))
         masks = f.create_group("masks")
         for record in result.records:
             if record.name in result.masks:

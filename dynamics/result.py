@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from functools import reduce
 
 from dynamics.element_stats import ABS_TOLERANCES, REL_TOLERANCES, ElementStats, ulp_bucket_labels
+from dynamics.geometry import GeometryStats
 from dynamics.metrics import derived_metrics
 from dynamics.naming import MODULE_KINDS
 from dynamics.pairing import Unpaired
@@ -34,14 +35,53 @@ class TensorRecord:
     shape: tuple[int, ...]
     dtype: str
     stats: ElementStats
+    geometry: GeometryStats | None = None
 
     def to_row(self) -> dict:
-        """Flat JSON row: identity, raw counters, derived metrics."""
-        return {
+        """Flat JSON row: identity, raw counters, derived metrics, and `geometry` (without the
+        singular values, which go to HDF5) when the matrix pass ran."""
+        row = {
             "name": self.name, "layer": self.layer, "module_kind": self.module_kind,
             "shape": list(self.shape), "dtype": self.dtype,
             **asdict(self.stats), **derived_metrics(self.stats),
         }
+        if self.geometry is not None:
+            row["geometry"] = geometry_row(self.geometry)
+        return row
+
+
+_SINGULAR_VALUE_FIELDS = ("singular_values_a", "singular_values_b", "singular_values_delta")
+
+
+def geometry_row(g: GeometryStats) -> dict:
+    """JSON form of `GeometryStats` without the singular-value vectors."""
+    return {k: v for k, v in asdict(g).items() if k not in _SINGULAR_VALUE_FIELDS}
+
+
+def geometry_means(records: list[TensorRecord]) -> dict | None:
+    """Unweighted mean over matrices of every geometry metric (None entries skipped), plus the
+    Δ-energy-weighted principal energy Σ ρ_k‖Δ‖² / Σ ‖Δ‖² and its baseline; None without geometry."""
+    rows = [(geometry_row(r.geometry), r.stats.sum_sq_delta) for r in records if r.geometry is not None]
+    if not rows:
+        return None
+    means: dict = {"matrices": len(rows)}
+    for key, first in rows[0][0].items():
+        if isinstance(first, dict):
+            means[key] = {p: _mean([row[key][p] for row, _ in rows if p in row[key]]) for p in first}
+        elif not isinstance(first, bool):
+            means[key] = _mean([row[key] for row, _ in rows])
+    weighted = [(row, w) for row, w in rows if row["principal_energy"] is not None]
+    total = sum(w for _, w in weighted)
+    if total:
+        means["principal_energy_weighted"] = sum(row["principal_energy"] * w for row, w in weighted) / total
+        means["principal_energy_baseline_weighted"] = (
+            sum(row["principal_energy_baseline"] * w for row, w in weighted) / total)
+    return means
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def aggregate(records: list[TensorRecord]) -> ElementStats:
@@ -66,23 +106,30 @@ class DiffResult:
     seconds: float
     bytes_read: int
     masks: dict = field(default_factory=dict)
+    geometry_skipped: list[dict] = field(default_factory=list)
 
     def summary(self) -> ElementStats:
         return aggregate(self.records)
 
-    def by_layer(self) -> dict[int, ElementStats]:
-        """Per transformer block; tensors outside blocks are left out (see `by_module_kind`)."""
+    def layer_groups(self) -> dict[int, list[TensorRecord]]:
+        """Records per transformer block; tensors outside blocks are left out (see module kinds)."""
         groups: dict[int, list[TensorRecord]] = defaultdict(list)
         for r in self.records:
             if r.layer is not None:
                 groups[r.layer].append(r)
-        return {layer: aggregate(groups[layer]) for layer in sorted(groups)}
+        return {layer: groups[layer] for layer in sorted(groups)}
 
-    def by_module_kind(self) -> dict[str, ElementStats]:
+    def module_kind_groups(self) -> dict[str, list[TensorRecord]]:
         groups: dict[str, list[TensorRecord]] = defaultdict(list)
         for r in self.records:
             groups[r.module_kind].append(r)
-        return {kind: aggregate(groups[kind]) for kind in MODULE_KINDS if kind in groups}
+        return {kind: groups[kind] for kind in MODULE_KINDS if kind in groups}
+
+    def by_layer(self) -> dict[int, ElementStats]:
+        return {layer: aggregate(rs) for layer, rs in self.layer_groups().items()}
+
+    def by_module_kind(self) -> dict[str, ElementStats]:
+        return {kind: aggregate(rs) for kind, rs in self.module_kind_groups().items()}
 
     def by_dtype(self) -> dict[str, ElementStats]:
         """Per compared dtype: ULP distances are only comparable within one dtype."""
@@ -112,7 +159,18 @@ class DiffResult:
             "by_dtype": {k: _stats_row(v) for k, v in self.by_dtype().items()},
             "tensors": [r.to_row() for r in self.records],
             "unpaired": asdict(self.unpaired),
+            **self._geometry_json(),
         }
+
+    def _geometry_json(self) -> dict:
+        if not any(r.geometry is not None for r in self.records) and not self.geometry_skipped:
+            return {}
+        return {"geometry": {
+            "summary": geometry_means(self.records),
+            "by_layer": {str(k): geometry_means(rs) for k, rs in self.layer_groups().items()},
+            "by_module_kind": {k: geometry_means(rs) for k, rs in self.module_kind_groups().items()},
+            "skipped": self.geometry_skipped,
+        }}
 
 
 def _stats_row(stats: ElementStats) -> dict:

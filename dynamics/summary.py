@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dynamics.element_stats import ABS_TOLERANCES, ElementStats, ulp_bucket_labels
 from dynamics.metrics import derived_metrics
-from dynamics.result import DiffResult
+from dynamics.result import DiffResult, geometry_means
 
 TOP_TENSORS = 10
 _BAR_WIDTH = 30
@@ -81,8 +81,32 @@ def format_summary(result: DiffResult) -> str:
         kind_rows.append([kind, f"{stats.numel:,}", _num(m["bitwise_sparsity"]),
                           _num(m["relative_update_norm"], ".2e"), _num(m["one_ulp_fraction"])])
     lines += _table(["kind", "elements", "bitwise sparsity", "rel. update norm", "1-ULP share"], kind_rows)
+    lines += _geometry_lines(result)
     lines += _unpaired_lines(result)
     return "\n".join(lines)
+
+
+def _geometry_lines(result: DiffResult) -> list[str]:
+    """Per-module-kind means of the matrix pass: energy in W0's top-k block vs a random direction's."""
+    groups = {kind: geometry_means(rs) for kind, rs in result.module_kind_groups().items()}
+    groups = {kind: g for kind, g in groups.items() if g is not None}
+    if not groups and not result.geometry_skipped:
+        return []
+    lines = ["", "Update geometry (means over matrices; ρ_k = share of ‖Δ‖² in W0's top-k block):"]
+    rows = []
+    for kind, g in groups.items():
+        energy, baseline = g.get("principal_energy"), g.get("principal_energy_baseline")
+        ratio = energy / baseline if energy is not None and baseline else None
+        rows.append([kind, str(g["matrices"]), _num(energy, ".2e"), _num(ratio, ".2f"),
+                     _num(g["principal_angle_max_deg"], ".2f"), _num(g["spectrum_drift_max"], ".2e"),
+                     _num(g["update_stable_rank"], ".1f"), _num(g["rank_energy"].get("16"), ".3f")])
+    lines += _table(["kind", "matrices", "ρ_k", "ρ_k / random", "max angle °", "spectrum drift",
+                     "Δ stable rank", "rank-16 energy"], rows)
+    if result.geometry_skipped:
+        names = ", ".join(f"{s['name']} ({s['reason']})" for s in result.geometry_skipped[:3])
+        more = " ..." if len(result.geometry_skipped) > 3 else ""
+        lines.append(f"  no geometry for {len(result.geometry_skipped)} tensors: {names}{more}")
+    return lines
 
 
 def _unpaired_lines(result: DiffResult) -> list[str]:

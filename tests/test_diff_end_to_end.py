@@ -186,3 +186,21 @@ def test_cuda_pipeline_gives_the_cpu_numbers(tmp_path):
                       "unchanged_cols", "max_abs_delta", "nan_b"):
             assert getattr(gpu, field) == getattr(cpu, field), (name, field)
         assert gpu.sum_sq_delta == pytest.approx(cpu.sum_sq_delta, rel=1e-6)
+
+
+def test_geometry_adds_rows_aggregates_skips_and_singular_values(pair, tmp_path):
+    a, b = pair
+    assert main(["diff", str(a), str(b), "--device", "cpu", "-q", "--geometry", "--rank-k", "20",
+                 "--json", str(tmp_path / "d.json"), "--h5", str(tmp_path / "d.h5")]) == 0
+    doc = json.loads((tmp_path / "d.json").read_text())
+    rows = {r["name"]: r for r in doc["tensors"]}
+    q = rows["model.layers.0.self_attn.q_proj.weight"]["geometry"]
+    assert q["k"] == 16 and q["k_clamped"]  # 16×16 matrix: k = 20 clamped and said
+    assert "geometry" not in rows["model.norm.weight"]
+    skipped = {s["name"]: s["reason"] for s in doc["geometry"]["skipped"]}
+    assert skipped["model.norm.weight"] == "not 2-D"
+    assert doc["geometry"]["summary"]["matrices"] == 3  # embed, q, down (the 0×4 tensor is skipped)
+    assert set(doc["geometry"]["by_module_kind"]) >= {"q", "down", "embed"}
+    import h5py
+    with h5py.File(tmp_path / "d.h5") as f:
+        assert f["singular_values/model.layers.0.self_attn.q_proj.weight/a"].shape == (16,)
