@@ -1,7 +1,8 @@
 """CPU twin of the fused elementwise kernel: `ElementStats` of (W0, W1) with torch, in chunks.
 
-The tensor is viewed as (rows, cols) — 2-D as is, anything else as one row — and processed a
-block of whole rows at a time, so host memory stays bounded by CHUNK_ELEMENTS per buffer.
+A 2-D tensor is processed a block of whole rows at a time (row/column flags need rows), any
+other rank as flat chunks, so host memory stays bounded by CHUNK_ELEMENTS per buffer (a row
+longer than that is still taken whole).
 """
 
 from __future__ import annotations
@@ -79,10 +80,11 @@ def _chunk_stats(a: torch.Tensor, b: torch.Tensor, stored: torch.dtype) -> tuple
         ),
         "hidden_by_bf16": None,
         "hidden_by_fp16": None,
-        "sum_sq_delta": float(torch.sum(delta * delta, dtype=torch.float64)),
+        # Squares in float64: float32 squares overflow for finite |x| > 1.8e19.
+        "sum_sq_delta": float(torch.sum(delta.double().square())),
         "sum_abs_delta": float(torch.sum(abs_delta, dtype=torch.float64)),
-        "sum_sq_a": float(torch.sum(torch.where(finite, a32 * a32, 0.0), dtype=torch.float64)),
-        "sum_sq_b": float(torch.sum(torch.where(finite, b32 * b32, 0.0), dtype=torch.float64)),
+        "sum_sq_a": float(torch.sum(torch.where(finite, a32, 0.0).double().square())),
+        "sum_sq_b": float(torch.sum(torch.where(finite, b32, 0.0).double().square())),
         "max_abs_delta": float(abs_delta.max()) if abs_delta.numel() else 0.0,
     }
     if stored == torch.float32:
@@ -101,30 +103,34 @@ def element_stats_cpu(a: torch.Tensor, b: torch.Tensor) -> ElementStats:
     """`ElementStats` of W0 = a, W1 = b (same shape and dtype, float32/bf16/fp16), on the CPU.
 
     Zero-size tensors give all-zero counters. Row/column fields are filled for 2-D tensors.
+    Other ranks are processed as flat chunks of CHUNK_ELEMENTS. The code is device-agnostic, so
+    the same multi-pass torch also runs on CUDA tensors (bench/ uses it as the baseline).
     """
     if a.shape != b.shape or a.dtype != b.dtype:
         raise ValueError(f"element_stats needs equal shape and dtype, got {a.shape}/{a.dtype} vs {b.shape}/{b.dtype}")
     if a.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"element_stats supports {SUPPORTED_DTYPES}, got {a.dtype}")
-    is_matrix = a.dim() == 2
-    a2 = a if is_matrix else a.reshape(1, -1)
-    b2 = b.reshape(a2.shape)
-    rows, cols = a2.shape
     total = ElementStats.zero()
     if a.dtype == torch.float32:
         total = replace(total, hidden_by_bf16=0, hidden_by_fp16=0)
-    row_changed = torch.zeros(rows, dtype=torch.bool)
-    col_changed = torch.zeros(cols, dtype=torch.bool)
+    if a.dim() != 2:
+        flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+        for start in range(0, flat_a.numel(), CHUNK_ELEMENTS):
+            stop = min(flat_a.numel(), start + CHUNK_ELEMENTS)
+            counts, _ = _chunk_stats(flat_a[start:stop].contiguous(), flat_b[start:stop].contiguous(), a.dtype)
+            total = total + replace(ElementStats.zero(), **counts)
+        return total
+    rows, cols = a.shape
+    row_changed = torch.zeros(rows, dtype=torch.bool, device=a.device)
+    col_changed = torch.zeros(cols, dtype=torch.bool, device=a.device)
     rows_per_chunk = max(1, CHUNK_ELEMENTS // max(cols, 1))
     for start in range(0, rows, rows_per_chunk):
         stop = min(rows, start + rows_per_chunk)
-        counts, changed = _chunk_stats(a2[start:stop].contiguous(), b2[start:stop].contiguous(), a.dtype)
+        counts, changed = _chunk_stats(a[start:stop].contiguous(), b[start:stop].contiguous(), a.dtype)
         total = total + replace(ElementStats.zero(), **counts)
-        if is_matrix and changed.numel():
+        if changed.numel():
             row_changed[start:stop] = changed.any(dim=1)
             col_changed |= changed.any(dim=0)
-    if not is_matrix:
-        return total
     return replace(
         total, rows=rows, cols=cols,
         unchanged_rows=int((~row_changed).sum()), unchanged_cols=int((~col_changed).sum()),
