@@ -2,7 +2,8 @@
 
 Measures, with the page cache of both checkpoints dropped before each (posix_fadvise DONTNEED):
   read     reading both checkpoints once from disk (sequential readinto, 64 MiB blocks)
-  diff     `dynamics diff A B --device cuda` as a user runs it (subprocess, imports included)
+  diff     `dynamics diff A B --device cuda` as a user runs it (subprocess, imports included); the
+           1st run also compiles the Triton kernel's specialisations (empty Triton cache)
   hf-ref   transformers.AutoModelForCausalLM.from_pretrained for both + the same statistics with
            plain PyTorch expressions per tensor on the GPU
 and prints a table (seconds, GB/s over the bytes of both checkpoints, ratio to `read`).
@@ -13,6 +14,7 @@ and prints a table (seconds, GB/s over the bytes of both checkpoints, ratio to `
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -54,9 +56,9 @@ def time_read(folders: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def time_diff_cli(a: Path, b: Path, out: Path) -> float:
+def time_diff_cli(a: Path, b: Path, out: Path, device: str) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "dynamics.cli", "diff", str(a), str(b), "--device", "cuda", "-q",
+    subprocess.run([sys.executable, "-m", "dynamics.cli", "diff", str(a), str(b), "--device", device, "-q",
                     "--json", str(out / "diff.json")], check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
@@ -81,17 +83,16 @@ def reference_stats(a: torch.Tensor, b: torch.Tensor) -> dict:
     }
 
 
-def time_hf_reference(a: Path, b: Path) -> float:
+def time_hf_reference(a: Path, b: Path, device: str) -> float:
     from transformers import AutoModelForCausalLM
 
     start = time.perf_counter()
-    model_a = AutoModelForCausalLM.from_pretrained(a, torch_dtype=torch.bfloat16)
-    model_b = AutoModelForCausalLM.from_pretrained(b, torch_dtype=torch.bfloat16)
+    model_a = AutoModelForCausalLM.from_pretrained(a, dtype=torch.bfloat16)
+    model_b = AutoModelForCausalLM.from_pretrained(b, dtype=torch.bfloat16)
     params_b = dict(model_b.named_parameters())
     changed = 0
     for name, pa in model_a.named_parameters():
-        changed += reference_stats(pa.data.cuda(), params_b[name].data.cuda())["changed"]
-    torch.cuda.synchronize()
+        changed += reference_stats(pa.data.to(device), params_b[name].data.to(device))["changed"]
     return time.perf_counter() - start
 
 
@@ -100,19 +101,21 @@ def main() -> None:
     parser.add_argument("work", type=Path)
     parser.add_argument("--layers", type=int, default=28)
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--device", default="cuda", help="cpu for a smoke run without a GPU")
     args = parser.parse_args()
     a, b = args.work / "A", args.work / "B"
     if not (a / "config.json").exists():
         start = time.perf_counter()
-        write_pair(args.work, args.layers, "cuda")
+        write_pair(args.work, args.layers, args.device)
         print(f"wrote synthetic pair in {time.perf_counter() - start:.1f} s", flush=True)
     total = sum(f.stat().st_size for folder in (a, b) for f in weight_files(folder))
 
     rows = []
     for label, fn in (
         ("read both files once", lambda: time_read([a, b])),
-        ("dynamics diff (CLI, cold cache)", lambda: time_diff_cli(a, b, args.work)),
-        ("transformers load + torch stats", None if args.skip_hf else lambda: time_hf_reference(a, b)),
+        ("dynamics diff (CLI, cold cache, 1st)", lambda: time_diff_cli(a, b, args.work, args.device)),
+        ("dynamics diff (CLI, cold cache, 2nd)", lambda: time_diff_cli(a, b, args.work, args.device)),
+        ("transformers load + torch stats", None if args.skip_hf else lambda: time_hf_reference(a, b, args.device)),
     ):
         if fn is None:
             continue
@@ -120,12 +123,16 @@ def main() -> None:
         seconds = fn()
         rows.append((label, seconds))
         print(f"{label}: {seconds:.2f} s", flush=True)
-    warm = time_diff_cli(a, b, args.work)
+    warm_read = time_read([a, b])
+    warm = time_diff_cli(a, b, args.work, args.device)
+    loop = json.loads((args.work / "diff.json").read_text())["seconds"]
 
     read_s = rows[0][1]
-    print(f"\n{torch.cuda.get_device_name()} — two checkpoints, {total / 1e9:.2f} GB in all")
+    card = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(f"\n{card} — two checkpoints, {total / 1e9:.2f} GB in all")
     print(f"{'step':<36}{'seconds':>9}{'GB/s':>8}{'x read':>8}")
-    for label, seconds in rows + [("dynamics diff (CLI, warm cache)", warm)]:
+    for label, seconds in rows + [("read both files (warm cache)", warm_read), ("dynamics diff (CLI, warm cache)", warm),
+                             ("  of which the streaming loop", loop)]:
         print(f"{label:<36}{seconds:>9.2f}{total / seconds / 1e9:>8.2f}{seconds / read_s:>8.2f}")
 
 

@@ -1,22 +1,29 @@
 """Stream tensor pairs from two checkpoints to a device, one pair ahead of the kernel.
 
-A reader thread loads pair i+1 (disk → pinned host buffer → non-blocking copy on its own CUDA
-stream) while the caller's kernel works on pair i, so a diff runs at the pace of the slowest
-stage rather than their sum. Host memory holds at most `depth` + 1 pairs.
+A reader thread loads pair i+1 while the caller's kernel works on pair i, so a diff runs at the
+pace of the slowest stage (usually the disk) rather than the sum of the stages. On CUDA each side
+(A and B) is read by its own worker, in STAGE_BYTES chunks, into a small ring of pinned host
+buffers, and each chunk is copied to the device without blocking while the next one is read:
+pinned memory stays at 2 × STAGE_SLOTS × STAGE_BYTES whatever the tensor sizes. Device memory
+holds at most `depth` + 2 pairs.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
-from dynamics.checkpoints.base import Checkpoint
+from dynamics.checkpoints.base import Checkpoint, TensorInfo
 from dynamics.errors import CheckpointError
 from dynamics.pairing import TensorPair
+
+STAGE_BYTES = 64 * 1024**2
+STAGE_SLOTS = 3
 
 
 @dataclass
@@ -26,60 +33,77 @@ class LoadedPair:
     pair: TensorPair
     a: torch.Tensor
     b: torch.Tensor
-    copied: torch.cuda.Event | None = None
+    copied: tuple[torch.cuda.Event, torch.cuda.Event] | None = None
 
 
-def read_into(ckpt: Checkpoint, name: str, out: torch.Tensor) -> None:
-    """Fill the flat uint8 host buffer `out` with the stored bytes of tensor `name`.
+class _Stager:
+    """Moves one side's tensors to the GPU through a ring of pinned chunk buffers on its own stream."""
 
-    Safetensors tensors are read straight from the file into `out` (one copy, no mmap faults);
-    other formats go through `Checkpoint.read`.
-    """
-    location = ckpt.locations.get(name)
-    if location is None:
-        out.copy_(ckpt.read(name).reshape(-1).view(torch.uint8))
-        return
-    path, offset, nbytes = location
-    view = memoryview(out.numpy())
-    try:
-        with open(path, "rb", buffering=0) as f:
-            f.seek(offset)
-            done = 0
-            while done < nbytes:
-                got = f.readinto(view[done:nbytes])
-                if not got:
-                    raise CheckpointError(f"{path}: tensor {name}: file ends before its data")
-                done += got
-    except OSError as e:
-        raise CheckpointError(f"{path}: tensor {name}: {e.strerror or e}") from e
+    def __init__(self, ckpt: Checkpoint, device: torch.device):
+        self.ckpt, self.device = ckpt, device
+        self.stream = torch.cuda.Stream(device)
+        self.slots = [torch.empty(STAGE_BYTES, dtype=torch.uint8, pin_memory=True) for _ in range(STAGE_SLOTS)]
+        self.events: list[torch.cuda.Event | None] = [None] * STAGE_SLOTS
+        self.turn = 0
 
-
-class _PinnedSlots:
-    """A ring of reusable pinned host buffers; a slot is reused once its copy to the GPU is done."""
-
-    def __init__(self, count: int, nbytes: int):
-        self.buffers = [torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) for _ in range(count)]
-        self.events: list[torch.cuda.Event | None] = [None] * count
-        self.next = 0
-
-    def take(self) -> tuple[int, torch.Tensor]:
-        index = self.next
-        self.next = (self.next + 1) % len(self.buffers)
+    def _slot(self) -> tuple[int, torch.Tensor]:
+        index = self.turn % STAGE_SLOTS
+        self.turn += 1
         if self.events[index] is not None:
-            self.events[index].synchronize()
-        return index, self.buffers[index]
+            self.events[index].synchronize()  # its previous chunk has reached the device
+        return index, self.slots[index]
+
+    def _send(self, index: int, slot: torch.Tensor, target: torch.Tensor) -> None:
+        with torch.cuda.stream(self.stream):
+            target.copy_(slot[: target.numel()], non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        self.events[index] = event
+
+    def load(self, name: str, info: TensorInfo) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """Device tensor of `name` in its stored dtype, and the event after its last copy."""
+        with torch.cuda.stream(self.stream):
+            flat = torch.empty(info.nbytes, dtype=torch.uint8, device=self.device)
+        location = self.ckpt.locations.get(name)
+        if location is None:
+            host = self.ckpt.read(name).reshape(-1).view(torch.uint8)
+            for start in range(0, info.nbytes, STAGE_BYTES):
+                index, slot = self._slot()
+                chunk = host[start: start + STAGE_BYTES]
+                slot[: chunk.numel()].copy_(chunk)
+                self._send(index, slot, flat[start: start + chunk.numel()])
+        else:
+            path, offset, nbytes = location
+            try:
+                with open(path, "rb", buffering=0) as f:
+                    f.seek(offset)
+                    for start in range(0, nbytes, STAGE_BYTES):
+                        index, slot = self._slot()
+                        size = min(STAGE_BYTES, nbytes - start)
+                        _read_exactly(f, slot[:size], path, name)
+                        self._send(index, slot, flat[start: start + size])
+            except OSError as e:
+                raise CheckpointError(f"{path}: tensor {name}: {e.strerror or e}") from e
+        done = torch.cuda.Event()
+        done.record(self.stream)
+        return flat.view(info.dtype).view(info.shape), done
 
 
-def _to_device(buffer: torch.Tensor, info, device: torch.device) -> torch.Tensor:
-    host = buffer[: info.nbytes].view(info.dtype).view(info.shape)
-    return host.to(device, non_blocking=True)
+def _read_exactly(f, out: torch.Tensor, path, name: str) -> None:
+    view = memoryview(out.numpy())
+    done = 0
+    while done < len(view):
+        got = f.readinto(view[done:])
+        if not got:
+            raise CheckpointError(f"{path}: tensor {name}: file ends before its data")
+        done += got
 
 
 def _adopt(item: LoadedPair) -> None:
-    """Make the reader stream's copies visible to the current stream, then cast to compare dtype."""
+    """Make the reader streams' copies visible to the current stream, then cast to compare dtype."""
     current = torch.cuda.current_stream(item.a.device)
-    current.wait_event(item.copied)
-    for t in (item.a, item.b):
+    for t, event in zip((item.a, item.b), item.copied):
+        current.wait_event(event)
         t.record_stream(current)
     item.a = item.a.to(item.pair.compare_dtype)
     item.b = item.b.to(item.pair.compare_dtype)
@@ -97,31 +121,27 @@ def stream_pairs(
         ta, tb = a.read(pair.name), b.read(pair.name)
         return LoadedPair(pair, ta.to(pair.compare_dtype), tb.to(pair.compare_dtype))
 
+    def load_cuda(stagers: tuple[_Stager, _Stager], sides: ThreadPoolExecutor, pair: TensorPair) -> LoadedPair:
+        futures = [sides.submit(s.load, pair.name, info) for s, info in zip(stagers, (pair.a, pair.b))]
+        (ta, copied_a), (tb, copied_b) = (f.result() for f in futures)
+        return LoadedPair(pair, ta, tb, copied=(copied_a, copied_b))
+
     def reader() -> None:
         try:
             if device.type == "cuda":
-                stream = torch.cuda.Stream(device)
-                largest = max((max(p.a.nbytes, p.b.nbytes) for p in pairs), default=0)
-                slots = _PinnedSlots(count=4, nbytes=max(largest, 1))
-            for pair in pairs:
-                if stop.is_set():
-                    return
-                if device.type != "cuda":
+                stagers = (_Stager(a, device), _Stager(b, device))
+                with ThreadPoolExecutor(max_workers=2, thread_name_prefix="dynamics-side") as sides:
+                    for pair in pairs:
+                        if stop.is_set():
+                            return
+                        ready.put(load_cuda(stagers, sides, pair))
+            else:
+                for pair in pairs:
+                    if stop.is_set():
+                        return
                     ready.put(load_cpu(pair))
-                    continue
-                loaded = []
-                for ckpt, info in ((a, pair.a), (b, pair.b)):
-                    index, buffer = slots.take()
-                    read_into(ckpt, pair.name, buffer[: info.nbytes])
-                    with torch.cuda.stream(stream):
-                        tensor = _to_device(buffer, info, device)
-                        event = torch.cuda.Event()
-                        event.record(stream)
-                    slots.events[index] = event
-                    loaded.append(tensor)
-                ready.put(LoadedPair(pair, *loaded, copied=event))
             ready.put(done)
-        except BaseException as e:  # handed to the consumer, which re-raises it
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
             ready.put(e)
 
     thread = threading.Thread(target=reader, name="dynamics-reader", daemon=True)
