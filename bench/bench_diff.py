@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic_pair import write_pair  # noqa: E402
+from synthetic_pair import write_pair
 
 BLOCK = 64 * 1024**2
 

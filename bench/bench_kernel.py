@@ -77,7 +77,6 @@ def copy_bandwidth(nbytes: int = 2 << 30) -> float:
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_()
     dst = torch.empty_like(src)
     ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=400, return_mode="median")
-    del src, dst
     return 2 * nbytes / (ms * 1e-3)
 
 
@@ -174,11 +173,11 @@ def main() -> None:
             rate = kernel_rate(sets, DEFAULT_CONFIG)
             mp = multipass_ms(a, b) if name in ("q_proj", "k_proj", "gate_proj", "down_proj") else None
             row = {"dtype": str(dtype).replace("torch.", ""), "tensor": name, "shape": list(shape),
-                   "changed_frac": float(((a.view(INTS[dtype]) != b.view(INTS[dtype])).float().mean())),
+                   "changed_frac": float((a.view(INTS[dtype]) != b.view(INTS[dtype])).float().mean()),
                    **rate, "pct_copy": 100 * rate["graph_GBps"] * 1e9 / copy,
                    "multipass_ms": mp, "check": check}
             rows.append(row)
-            print(f"{row['dtype']:9s} {name:10s} {str(shape):16s} graph {rate['graph_ms'] * 1e3:9.1f} us "
+            print(f"{row['dtype']:9s} {name:10s} {shape!s:16s} graph {rate['graph_ms'] * 1e3:9.1f} us "
                   f"{rate['graph_GBps']:7.0f} GB/s ({row['pct_copy']:5.1f}% of copy)  do_bench {rate['do_bench_GBps']:7.0f} GB/s"
                   + (f"  multipass {mp:8.2f} ms ({row['pair_bytes'] / mp / 1e6:6.0f} GB/s)" if mp else "")
                   + f"  {check}", flush=True)

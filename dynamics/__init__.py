@@ -12,6 +12,14 @@ from dynamics.errors import CheckpointError, DynamicsError, PairingError
 from dynamics.result import DiffResult, TensorRecord
 
 __all__ = [
-    "diff", "Checkpoint", "TensorInfo", "open_checkpoint", "ElementStats", "CheckpointError",
-    "DynamicsError", "PairingError", "DiffResult", "TensorRecord",
+    "Checkpoint",
+    "CheckpointError",
+    "DiffResult",
+    "DynamicsError",
+    "ElementStats",
+    "PairingError",
+    "TensorInfo",
+    "TensorRecord",
+    "diff",
+    "open_checkpoint",
 ]

@@ -8,11 +8,11 @@ A ratio whose denominator is zero is None (JSON null), never NaN.
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from collections.abc import Callable
 
 from dynamics.element_stats import ABS_TOLERANCES, REL_TOLERANCES, ElementStats
 
-MetricValue = Union[float, dict[str, Union[float, None]], None]
+MetricValue = float | dict[str, float | None] | None
 ELEMENT_METRICS: dict[str, Callable[[ElementStats], MetricValue]] = {}
 
 

@@ -6,9 +6,9 @@ import contextlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np

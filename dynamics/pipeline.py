@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from collections.abc import Iterator
 
 import torch
 

@@ -37,7 +37,7 @@ def test_json_has_the_contract_fields(tmp_path):
 
 
 def test_h5_rows_and_masks_round_trip(tmp_path):
-    result, w, w2 = _result(save_masks=True)
+    result, _, _ = _result(save_masks=True)
     write_h5(result, tmp_path / "d.h5")
     with h5py.File(tmp_path / "d.h5") as f:
         assert list(f["tensors/name"].asstr()[:]) == [r.name for r in result.records]

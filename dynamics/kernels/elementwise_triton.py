@@ -310,11 +310,11 @@ def _slow_tile(A, B, a, b, cnt, idx, ssd, sad, ssa, ssb, mx,
         cnt = _count(cnt, idx, _C_HIDDEN_BF16, moved & same_bf16)
         cnt = _count(cnt, idx, _C_HIDDEN_FP16, moved & (_fp16_bits(a) == _fp16_bits(b)))
     scale = tl.maximum(tl.abs(a), _EPS)
-    for i in range(0, 11):
+    for i in range(11):
         limit = tl.where(i < 6, _tolerance(i), _tolerance(i) * scale)
         cnt = _count(cnt, idx, _C_ABS_EXCEED + i, finite & (ad > limit))
     bucket = tl.where(moved, _ulp_bucket(A, B, x, KIND), -1)
-    for j in range(0, NB - 1):
+    for j in range(NB - 1):
         cnt = _count(cnt, idx, _C_HIST + j, bucket == j)
     # float64 squares: float32 ones overflow above 1.8e19
     ssd += tl.sum(delta.to(tl.float64) * delta.to(tl.float64))
