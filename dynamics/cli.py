@@ -25,6 +25,9 @@ def _cmd_diff(args: argparse.Namespace) -> None:
         print(f"wrote {args.h5}")
 
 
+DEMO_RANK_K = 8  # the demo's matrices are 64 wide: a top-8 block is "principal", as k = 64 is for 3584
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from dynamics.demo_training import make_demo_checkpoints
 
@@ -36,7 +39,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     }
     results = {}
     for label, (a, b) in columns.items():
-        results[label] = diff(folders[a], folders[b], device=args.device)
+        results[label] = diff(folders[a], folders[b], device=args.device, geometry=True, rank_k=DEMO_RANK_K)
         write_json(results[label], out / f"diff-{a}-vs-{b}.json")
     print(f"\nEach fine-tuned copy against the base (checkpoints in {out / 'checkpoints'}):\n")
     print(format_side_by_side(results))

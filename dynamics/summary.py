@@ -124,9 +124,24 @@ def _unpaired_lines(result: DiffResult) -> list[str]:
     return lines
 
 
+def _geometry_headline(result: DiffResult) -> list[tuple[str, str]]:
+    g = geometry_means(result.records)
+    if g is None:
+        return []
+    k = max(r.geometry.k for r in result.records if r.geometry is not None)
+    ratio = None
+    if g.get("principal_energy_weighted") is not None and g.get("principal_energy_baseline_weighted"):
+        ratio = g["principal_energy_weighted"] / g["principal_energy_baseline_weighted"]
+    return [
+        (f"ρ_k / random baseline (k≤{k}, Δ-weighted)", _num(ratio, ".2f")),
+        ("principal angle, max (mean over matrices)", _num(g["principal_angle_max_deg"], ".2f") + "°"),
+        ("Δ stable rank (mean over matrices)", _num(g["update_stable_rank"], ".1f")),
+    ]
+
+
 def format_side_by_side(results: dict[str, DiffResult]) -> str:
     """Headline numbers of several diffs (same base) as columns, one per label."""
-    headlines = {label: dict(_headline(r.summary())) for label, r in results.items()}
+    headlines = {label: dict(_headline(r.summary()) + _geometry_headline(r)) for label, r in results.items()}
     keys = list(dict.fromkeys(k for h in headlines.values() for k in h))
     rows = [[k, *(headlines[label].get(k, "") for label in results)] for k in keys]
     return "\n".join(_table(["", *results], rows))
