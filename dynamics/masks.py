@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dynamics.kernels.elementwise_cpu import _INT_VIEW
+from dynamics.kernels.elementwise_cpu import BITS_VIEW
 
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
 
 
 def update_mask(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Boolean tensor, True where the stored bits of W0 and W1 differ (±0 and NaN payloads included)."""
-    view = _INT_VIEW[a.dtype]
+    view = BITS_VIEW[a.dtype]
     return a.view(view) != b.view(view)
 
 

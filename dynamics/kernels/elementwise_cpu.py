@@ -22,7 +22,8 @@ from dynamics.element_stats import (
 CHUNK_ELEMENTS = 1 << 22
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_INT_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+# Same-width integer dtype whose bits a float tensor is compared and ordered by.
+BITS_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 _ORD_DTYPE = {torch.int32: torch.int64, torch.int16: torch.int32}
 
 
@@ -48,7 +49,7 @@ def _rounded_bits(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _chunk_stats(a: torch.Tensor, b: torch.Tensor, stored: torch.dtype) -> tuple[dict, torch.Tensor]:
     """Counters of a (rows, cols) block; also returns the changed mask for row/column flags."""
-    int_view = _INT_VIEW[stored]
+    int_view = BITS_VIEW[stored]
     bits_a, bits_b = a.view(int_view), b.view(int_view)
     changed = bits_a != bits_b
     a32, b32 = a.to(torch.float32), b.to(torch.float32)
