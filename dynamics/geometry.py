@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 import torch
 
+from dynamics.kernels.elementwise_cpu import SUPPORTED_DTYPES
 from dynamics.masks import update_mask
 
 GEOMETRY_MASK_PERCENTS: tuple[int, ...] = (1, 5, 10, 20)
 RANK_ENERGY_RANKS: tuple[int, ...] = (1, 4, 16, 64, 256)
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # Randomized SVD settings; `randomized_svd` documents how they were chosen.
 OVERSAMPLE = 32
