@@ -7,6 +7,8 @@ float32 pairs, (3) the CPU twin's multi-pass torch run on the GPU, and (4) a cos
 kernel against the multi-pass torch result on every bf16 shape first.
 
 Usage (repository root on PYTHONPATH):  python bench/bench_kernel.py [--out DIR] [--quick]
+    [--dtypes bfloat16,float32] [--shapes q_proj,gate_proj] [--variants default,"max 168 registers"]
+    [--no-multipass]   (the last four narrow a run to fit a short device lease)
 """
 
 from __future__ import annotations
@@ -144,7 +146,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="fewer shapes and variants")
+    parser.add_argument("--dtypes", default="bfloat16,float32", help="comma list of dtypes for the shape table")
+    parser.add_argument("--shapes", default=None, help="comma list of SHAPES keys (overrides --quick's)")
+    parser.add_argument("--variants", default=None, help="comma list of variant labels to run (default: all)")
+    parser.add_argument("--no-multipass", action="store_true", help="skip the multi-pass torch baseline")
     args = parser.parse_args()
+    dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
+    only_variants = None if args.variants is None else set(args.variants.split(","))
     torch.backends.cuda.matmul.allow_tf32 = False
     cpu_twin.CHUNK_ELEMENTS = 1 << 26
     props = torch.cuda.get_device_properties(0)
@@ -156,9 +164,10 @@ def main() -> None:
     log["copy_GBps"] = copy / 1e9
     print(f"copy bandwidth (read+write): {copy / 1e9:.0f} GB/s", flush=True)
 
-    shapes = {k: SHAPES[k] for k in (["q_proj", "gate_proj", "norm"] if args.quick else SHAPES)}
+    names = args.shapes.split(",") if args.shapes else (["q_proj", "gate_proj", "norm"] if args.quick else SHAPES)
+    shapes = {k: SHAPES[k] for k in names}
     rows = []
-    for dtype in (torch.bfloat16, torch.float32):
+    for dtype in dtypes:
         for name, shape in shapes.items():
             sets = make_sets(shape, dtype, seed=len(rows))
             a, b = sets[0]
@@ -171,7 +180,8 @@ def main() -> None:
                 if not same:
                     print("MISMATCH", name, got, want, flush=True)
             rate = kernel_rate(sets, DEFAULT_CONFIG)
-            mp = multipass_ms(a, b) if name in ("q_proj", "k_proj", "gate_proj", "down_proj") else None
+            mp = (multipass_ms(a, b) if name in ("q_proj", "k_proj", "gate_proj", "down_proj")
+                  and not args.no_multipass else None)
             row = {"dtype": str(dtype).replace("torch.", ""), "tensor": name, "shape": list(shape),
                    "changed_frac": float((a.view(INTS[dtype]) != b.view(INTS[dtype])).float().mean()),
                    **rate, "pct_copy": 100 * rate["graph_GBps"] * 1e9 / copy,
@@ -195,8 +205,12 @@ def main() -> None:
                ("max 168 registers", dataclasses.replace(DEFAULT_CONFIG, max_registers=168)),
                ("max 128 registers", dataclasses.replace(DEFAULT_CONFIG, max_registers=128))]
     for dtype in (torch.bfloat16, torch.float32, torch.float16):
+        if str(dtype).replace("torch.", "") not in args.dtypes.split(","):
+            continue
         sets = make_sets(SHAPES["gate_proj"], dtype, seed=5)
         for label, cfg in configs:
+            if only_variants is not None and label not in only_variants:
+                continue
             if args.quick and label.startswith("tile"):
                 continue
             if dtype == torch.bfloat16 and label == "max 128 registers":
@@ -216,6 +230,8 @@ def main() -> None:
 
     for dtype_name in ("bfloat16", "float32"):
         sel = [r for r in rows if r["dtype"] == dtype_name and r["tensor"] != "norm"]
+        if not sel:
+            continue
         total_bytes = sum(r["pair_bytes"] for r in sel)
         total_ms = sum(r["graph_ms"] for r in sel)
         log[f"aggregate_{dtype_name}_GBps"] = total_bytes / total_ms / 1e6
@@ -228,8 +244,10 @@ def main() -> None:
         print(f"| {r['dtype']} | {r['tensor']} | {'×'.join(map(str, r['shape']))} | {100 * r['changed_frac']:.0f}% | "
               f"{r['graph_GBps']:.0f} | {r['pct_copy']:.0f}% | {r['do_bench_GBps']:.0f} | {mp_rate} | {speed} |")
     for dtype_name in ("bfloat16", "float32"):
+        if f"aggregate_{dtype_name}_GBps" not in log:
+            continue
         agg = log[f"aggregate_{dtype_name}_GBps"]
-        print(f"aggregate {dtype_name} (all matrices once): {agg:.0f} GB/s = {100 * agg * 1e9 / copy:.0f}% of copy {copy / 1e9:.0f} GB/s")
+        print(f"aggregate {dtype_name} (each matrix of this run once): {agg:.0f} GB/s = {100 * agg * 1e9 / copy:.0f}% of copy {copy / 1e9:.0f} GB/s")
     from dynamics.kernels.elementwise_triton import _RESIDENT_CACHE
 
     log["resident_programs"] = {str(k): v for k, v in _RESIDENT_CACHE.items()}

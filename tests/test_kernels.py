@@ -139,6 +139,29 @@ def make_pair(shape: tuple[int, ...], dtype: torch.dtype, kind: str, seed: int,
     return a.reshape(shape).to(device), b.reshape(shape).to(device)
 
 
+# Edge pairs of the Triton fast path, each planted in its own row block and column strip (its own
+# tile group for 1×256 tiles and group ≤ 12): moves from 0 above and below τ₂·ε (the bf16 check of
+# the smallest relative tolerance), ±0 flips, |W0| < ε, sign crossings with |Δ| just under and at 4.
+EDGE_VALUES = [(0.0, 1e-10), (0.0, -0.0), (1e-13, None), (1.99, -1.99), (2.0, -2.0), (-1e-10, 1e-10),
+               (1e-12, None), (0.0, 1e-20), (3.0, -0.99), (1.5, -2.4), (-1.0, 3.0), (1e-5, None),
+               (0.0, 1e-5), (-0.0, 2e-15), (0.0, 5e-16), (0.001, -0.001)]
+
+
+def edge_pair(shape: tuple[int, int], dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An rl pair with EDGE_VALUES planted at (4i mod rows, 256j mod cols); None: next value up."""
+    a, b = make_pair(shape, dtype, "rl", seed)
+    rows, cols = shape
+    for k, (x, y) in enumerate(EDGE_VALUES):
+        r, c = (4 * k) % rows, (256 * (k // 4) + 3 * k) % cols
+        a[r, c] = x
+        if y is None:
+            bits = a[r, c].view(BITS[dtype]) + 1
+            b[r, c] = bits.view(dtype)
+        else:
+            b[r, c] = y
+    return a, b
+
+
 # ----------------------------------------------------------------------------- (b) reference
 
 
@@ -372,6 +395,9 @@ INTERPRETER_CASES: list[tuple[str, str, tuple[int, ...], str, dict]] = [
           ("rl", (2, 512), {}),
           ("special", (24, 64), dict(tile_bytes=64, group=4)),
           ("sparse", (48, 64), dict(tile_bytes=128, group=4)),
+          ("edge", (16, 1024), {}),
+          ("edge", (32, 1024), dict(group=4)),
+          ("edge", (16, 1000), dict(group=8)),
       ]],
 ]
 _DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -387,6 +413,8 @@ def run_interpreter_cases() -> dict[str, list[str]]:
     for case_id, dt, shape, kind, cfg in INTERPRETER_CASES:
         if kind == "hand":
             a, b = hand_pair(dt)
+        elif kind == "edge":
+            a, b = edge_pair(shape, _DT[dt], seed=seed_of(case_id))
         else:
             a, b = make_pair(shape, _DT[dt], kind, seed=seed_of(case_id))
         results[case_id] = mismatches(element_stats_triton(a, b, KernelConfig(**cfg)), element_stats_cpu(a, b))
@@ -473,3 +501,13 @@ def test_gpu_hand_cases(dtype):
     name = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
     a, b = hand_pair(name)
     assert mismatches(element_stats_triton(a.cuda(), b.cuda()), HAND_CASES[name][3], rel=1e-12) == []
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(16, 1024), (64, 3584), (16, 1000)], ids=str)
+def test_gpu_edge_pairs_match_cpu_twin(dtype, shape):
+    element_stats_triton = _triton_on_gpu()
+    a, b = edge_pair(shape, dtype, seed=seed_of("edge", dtype, shape))
+    assert mismatches(element_stats_triton(a.cuda(), b.cuda()), element_stats_cpu(a, b)) == []

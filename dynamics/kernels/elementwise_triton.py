@@ -97,6 +97,8 @@ _R2: tl.constexpr = tl.constexpr(_f32(REL_TOLERANCES[2]))
 _R3: tl.constexpr = tl.constexpr(_f32(REL_TOLERANCES[3]))
 _R4: tl.constexpr = tl.constexpr(_f32(REL_TOLERANCES[4]))
 _EPS: tl.constexpr = tl.constexpr(_f32(REL_EPSILON))
+# bfloat16: the float32 threshold of REL_TOLERANCES[2] where |W0| < ε, scaled (see _fast_tile).
+_TR2_EPS: tl.constexpr = tl.constexpr(_f32(_f32(REL_TOLERANCES[2]) * _f32(REL_EPSILON)) * 2.0**_SCALE_EXP)
 _INF: tl.constexpr = tl.constexpr(float("inf"))
 
 
@@ -123,9 +125,17 @@ def _shl1(shift, USE_PTX: tl.constexpr):
 
 
 @triton.jit
-def _decode(bits, KIND: tl.constexpr):
-    """Stored bits → (int32 bits, sign-extended for 16-bit dtypes; float32 value)."""
-    if KIND == 2:
+def _decode(bits, KIND: tl.constexpr, WORDS: tl.constexpr = False, BR: tl.constexpr = 1, BC: tl.constexpr = 1):
+    """Stored bits → (int32 bits, sign-extended for 16-bit dtypes; float32 value).
+
+    WORDS (bfloat16 loaded as int32 words of two elements): the int32 is the element's float32
+    bits (its bfloat16 bits in the upper half, zeros below): one instruction per element
+    (shift or mask) gives both the bits and the value, where the int16 path needs two.
+    """
+    if WORDS:
+        full = tl.reshape(tl.join(bits << 16, bits & -65536), [BR, BC])
+        return full, full.to(tl.float32, bitcast=True)
+    elif KIND == 2:
         return bits, bits.to(tl.float32, bitcast=True)
     else:
         wide = bits.to(tl.int32)
@@ -136,7 +146,7 @@ def _decode(bits, KIND: tl.constexpr):
 
 
 @triton.jit
-def _ulp_bucket(A, B, x, KIND: tl.constexpr):
+def _ulp_bucket(A, B, x, KIND: tl.constexpr, FBITS: tl.constexpr = False):
     """bitlength(d − 1) of the ULP distance d = |ord(B) − ord(A)| (ord: x<0 → INT_MIN − x).
 
     With s = −1 when the signs differ: d = |M_a − (M_b ^ s) + s|, i.e. |M_a − M_b| or M_a + M_b.
@@ -144,7 +154,18 @@ def _ulp_bucket(A, B, x, KIND: tl.constexpr):
     float32), so it never lands in an accumulated bucket.
     """
     s = x >> 31
-    if KIND == 2:
+    if FBITS:
+        # A, B: float32 bits of bfloat16 values (16 zero bits below; only x's sign bit is used).
+        # diff = 2^16·(M_a ∓ M_b); with s = −1 the XOR also sets the low bits, which + s cancels:
+        # 2^16·M_a − (−2^16·M_b − 1) − 1 = 2^16·(M_a + M_b). Exact below 2^31, i.e. for
+        # M_a + M_b < 2^15, which the fast path guarantees (|Δ| < 4, see _fast_tile); the slow
+        # path uses the sign-extended 16-bit form instead. bitlength(d − 1) = exponent(2d − 1).
+        # Without masking A: A − (B ^ (s & 0x7FFFFFFF)) + s ≡ diff (mod 2^32), the sign bits
+        # cancel (same signs) or add up to 2^32 (opposite signs); int32 arithmetic wraps.
+        diff = (A - (B ^ (s & 0x7FFFFFFF)) + s).to(tl.float32)
+        f = tl.fma(tl.abs(diff), 1.0 / 32768.0, -1.0)
+        return (f.to(tl.int32, bitcast=True) >> 23) - 127
+    elif KIND == 2:
         diff = (A & 0x7FFFFFFF) - ((B & 0x7FFFFFFF) ^ s) + s
         d = tl.where(s != 0, diff, tl.abs(diff)).to(tl.uint32, bitcast=True)
         # float64 holds any uint32 exactly; bitlength(t) = exponent(t + 0.5) + 1.
@@ -177,10 +198,17 @@ def _fp16_bits(a):
 
 @triton.jit
 def _load_tile(a_ptr, b_ptr, tr, tc, R, C, local, lr, lc,
-               BR: tl.constexpr, BC: tl.constexpr, MASKED: tl.constexpr):
-    base = (tr * BR).to(tl.int64) * C + tc * BC
+               BR: tl.constexpr, BC: tl.constexpr, MASKED: tl.constexpr, WORDS: tl.constexpr = False):
+    """The (tr, tc) tile of both tensors; WORDS: as [BR, BC/2] int32 words (C = words per row)."""
+    if WORDS:
+        base = (tr * BR).to(tl.int64) * C + tc * (BC // 2)
+    else:
+        base = (tr * BR).to(tl.int64) * C + tc * BC
     if MASKED:
-        mask = ((tr * BR + lr) < R)[:, None] & ((tc * BC + lc) < C)[None, :]
+        if WORDS:
+            mask = ((tr * BR + lr) < R)[:, None] & ((tc * (BC // 2) + lc) < C)[None, :]
+        else:
+            mask = ((tr * BR + lr) < R)[:, None] & ((tc * BC + lc) < C)[None, :]
         A = tl.load(a_ptr + base + local, mask=mask, other=0, eviction_policy="evict_first")
         B = tl.load(b_ptr + base + local, mask=mask, other=0, eviction_policy="evict_first")
     else:
@@ -195,13 +223,13 @@ def _bit_or(p, q):
 
 
 @triton.jit
-def _rel_exceed(acc, u, scale, TR, FIELD: tl.constexpr):
-    return tl.fma(_sat01(u - TR * scale), 16.0**FIELD, acc)
+def _rel_exceed(acc, ad, scale, TR, FIELD: tl.constexpr):
+    return tl.fma(_sat01(tl.fma(ad, _SCALE, -(TR * scale))), 16.0**FIELD, acc)
 
 
 @triton.jit
-def _fast_tile(A, B, x, a, b, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
-               KIND: tl.constexpr, USE_PTX: tl.constexpr, VARIANT: tl.constexpr):
+def _fast_tile(A, B, x, xw, a, b, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
+               KIND: tl.constexpr, USE_PTX: tl.constexpr, VARIANT: tl.constexpr, WORDS: tl.constexpr = False):
     """Add one tile to the per-lane packed counters (all elements assumed finite, |x| < 2^30).
 
     acc_abs fields 0-5: |Δ| > ABS_TOLERANCES[i]. acc_rel fields: |Δ| > REL_TOLERANCES[i] for
@@ -213,19 +241,32 @@ def _fast_tile(A, B, x, a, b, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sa
     A moved bf16 (fp16) element with normal |W0| ≥ ε has |Δ|/|W0| > 2^-9 (2^-12), so it exceeds
     the relative tolerances below REL_FIRST iff it exceeds the one at REL_FIRST; the flush checks
     exceed(REL_FIRST) == moved and otherwise sends the group to the slow path.
+    For bfloat16 the field of REL_FIRST counts |Δ| > τ₂·ε (the threshold where |W0| < ε) instead:
+    a moved element with |W0| ≥ ε has |Δ| ≥ 2^-9·|W0| > τ₂·|W0| ≥ τ₂·ε, so both counts equal
+    moved exactly when every moved element with |W0| < ε has |Δ| > τ₂·ε, and the check is the same.
+    The comparisons are sat(fma(|Δ|, 2^90, −τ·2^90)): |Δ|·2^90 is exact, so the fused form rounds
+    exactly like the subtraction from the scaled |Δ|.
+    WORDS (bfloat16 as int32 words): x holds only the sign of each element's XOR, xw the XOR
+    of whole words, and acc_chg counts changed elements per word in two 16-bit halves.
     """
-    changed = _sat01(tl.abs(x.to(tl.float32)))
-    if KIND == 2:
+    if WORDS:
+        # bit 15 (31) of y is set iff the low (high) half of xw is nonzero; the masked halves
+        # plus 0x7FFF cannot carry out of their half.
+        y = ((xw & 0x7FFF7FFF) + 0x7FFF7FFF) | xw
+        acc_chg += ((y & -2147450880) >> 15) & 0x10001  # -2147450880 = 0x80008000
+    elif KIND == 2:
+        changed = _sat01(tl.abs(x.to(tl.float32)))
         acc_chg += changed
         vis_bf16 = _sat01(tl.abs((_bf16_bits(A, a, USE_PTX) ^ _bf16_bits(B, b, USE_PTX)).to(tl.float32)))
         vis_fp16 = _sat01(tl.abs((_fp16_bits(a) ^ _fp16_bits(b)).to(tl.float32)))
         acc_chg = tl.fma(vis_bf16, 16.0, acc_chg)
         acc_chg = tl.fma(vis_fp16, 256.0, acc_chg)
     else:
+        changed = _sat01(tl.abs(x.to(tl.float32)))
         acc_rel = tl.fma(changed, 65536.0, acc_rel)
 
     if VARIANT != 2 and VARIANT != 3:
-        shift = _ulp_bucket(A, B, x, KIND) * 4
+        shift = _ulp_bucket(A, B, x, KIND, WORDS) * 4
         h0 += _shl1(shift, USE_PTX)
         h1 += _shl1(shift - 32, USE_PTX)
         if KIND == 2:
@@ -242,24 +283,26 @@ def _fast_tile(A, B, x, a, b, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sa
     if VARIANT == 3:
         return h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx
 
-    u = ad * _SCALE
     if VARIANT == 1:
         return h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx
-    acc_abs += _sat01(u - _TA0)
-    acc_abs = tl.fma(_sat01(u - _TA1), 16.0, acc_abs)
-    acc_abs = tl.fma(_sat01(u - _TA2), 256.0, acc_abs)
-    acc_abs = tl.fma(_sat01(u - _TA3), 4096.0, acc_abs)
-    acc_abs = tl.fma(_sat01(u - _TA4), 65536.0, acc_abs)
-    acc_abs = tl.fma(_sat01(u - _TA5), 1048576.0, acc_abs)
+    acc_abs += _sat01(tl.fma(ad, _SCALE, -_TA0))
+    acc_abs = tl.fma(_sat01(tl.fma(ad, _SCALE, -_TA1)), 16.0, acc_abs)
+    acc_abs = tl.fma(_sat01(tl.fma(ad, _SCALE, -_TA2)), 256.0, acc_abs)
+    acc_abs = tl.fma(_sat01(tl.fma(ad, _SCALE, -_TA3)), 4096.0, acc_abs)
+    acc_abs = tl.fma(_sat01(tl.fma(ad, _SCALE, -_TA4)), 65536.0, acc_abs)
+    acc_abs = tl.fma(_sat01(tl.fma(ad, _SCALE, -_TA5)), 1048576.0, acc_abs)
     scale = tl.maximum(tl.abs(a), _EPS)
     FIRST: tl.constexpr = 2 if KIND == 0 else (1 if KIND == 1 else 0)  # see _fast_tile
     if FIRST == 0:
-        acc_rel = _rel_exceed(acc_rel, u, scale, _TR0, 0 - FIRST)
+        acc_rel = _rel_exceed(acc_rel, ad, scale, _TR0, 0 - FIRST)
     if FIRST <= 1:
-        acc_rel = _rel_exceed(acc_rel, u, scale, _TR1, 1 - FIRST)
-    acc_rel = _rel_exceed(acc_rel, u, scale, _TR2, 2 - FIRST)
-    acc_rel = _rel_exceed(acc_rel, u, scale, _TR3, 3 - FIRST)
-    acc_rel = _rel_exceed(acc_rel, u, scale, _TR4, 4 - FIRST)
+        acc_rel = _rel_exceed(acc_rel, ad, scale, _TR1, 1 - FIRST)
+    if KIND == 0:
+        acc_rel += _sat01(tl.fma(ad, _SCALE, -_TR2_EPS))
+    else:
+        acc_rel = _rel_exceed(acc_rel, ad, scale, _TR2, 2 - FIRST)
+    acc_rel = _rel_exceed(acc_rel, ad, scale, _TR3, 3 - FIRST)
+    acc_rel = _rel_exceed(acc_rel, ad, scale, _TR4, 4 - FIRST)
     return h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx
 
 
@@ -285,7 +328,7 @@ def _tolerance(i):
 
 @triton.jit
 def _slow_tile(A, B, a, b, cnt, idx, ssd, sad, ssa, ssb, mx,
-               KIND: tl.constexpr, USE_PTX: tl.constexpr, NB: tl.constexpr):
+               KIND: tl.constexpr, USE_PTX: tl.constexpr, NB: tl.constexpr, WORDS: tl.constexpr = False):
     """One tile with the CPU twin's semantics (NaN/Inf/huge/tiny values), plain reductions.
 
     Rarely run; the runtime loops keep one reduction live at a time so that this path does not
@@ -313,7 +356,10 @@ def _slow_tile(A, B, a, b, cnt, idx, ssd, sad, ssa, ssb, mx,
     for i in range(11):
         limit = tl.where(i < 6, _tolerance(i), _tolerance(i) * scale)
         cnt = _count(cnt, idx, _C_ABS_EXCEED + i, finite & (ad > limit))
-    bucket = tl.where(moved, _ulp_bucket(A, B, x, KIND), -1)
+    if WORDS:  # float32 bits of bfloat16 values → the sign-extended 16-bit form (exact distances)
+        bucket = tl.where(moved, _ulp_bucket(A >> 16, B >> 16, x >> 16, KIND), -1)
+    else:
+        bucket = tl.where(moved, _ulp_bucket(A, B, x, KIND), -1)
     for j in range(NB - 1):
         cnt = _count(cnt, idx, _C_HIST + j, bucket == j)
     # float64 squares: float32 ones overflow above 1.8e19
@@ -341,8 +387,11 @@ def _add_fields(cnt, idx, packed, FIRST: tl.constexpr, N: tl.constexpr):
 
 
 @triton.jit
-def _flush_cols(col_flags_ptr, colacc, tc, C, lc, BC: tl.constexpr):
+def _flush_cols(col_flags_ptr, colacc, tc, C, lc, BC: tl.constexpr, WORDS: tl.constexpr = False):
     col_any = tl.reduce(colacc, 0, _bit_or)
+    if WORDS:  # colacc holds XORs of words: element 2j is the low half, 2j+1 the high half
+        col_any = tl.reshape(tl.join(col_any << 16, col_any & -65536), [BC])
+        lc = tl.arange(0, BC)
     cols = tc * BC + lc
     tl.store(col_flags_ptr + cols, tl.full([BC], 1, tl.int8), mask=(col_any != 0) & (cols < C))
 
@@ -358,22 +407,32 @@ def _next_tile(tr, tc, n_tiles_r):
 def _tile_step(A_bits, B_bits, tr, tc, cur_tc, colacc, row_flags_ptr, col_flags_ptr, C, lr, lc,
                h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
                KIND: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, ROWCOL: tl.constexpr,
-               USE_PTX: tl.constexpr, VARIANT: tl.constexpr):
-    """Flags and fast-path counters of the tile at (tr, tc)."""
-    A, a = _decode(A_bits, KIND)
-    B, b = _decode(B_bits, KIND)
-    x = A ^ B
+               USE_PTX: tl.constexpr, VARIANT: tl.constexpr, WORDS: tl.constexpr = False):
+    """Flags and fast-path counters of the tile at (tr, tc).
+
+    WORDS: row and column flags come from the XOR of whole words (one instruction per two
+    elements, a [BR, BC/2] column accumulator); C is then the row length in words.
+    """
+    A, a = _decode(A_bits, KIND, WORDS, BR, BC)
+    B, b = _decode(B_bits, KIND, WORDS, BR, BC)
+    if WORDS:
+        xw = A_bits ^ B_bits
+        x = tl.reshape(tl.join(xw << 16, xw), [BR, BC])  # sign bits of the elements' XOR
+    else:
+        x = A ^ B
+        xw = x
     if ROWCOL:
-        row_any = tl.reduce(x, 1, _bit_or)
+        xr = xw
+        row_any = tl.reduce(xr, 1, _bit_or)
         tl.store(row_flags_ptr + tr * BR + lr, tl.full([BR], 1, tl.int8), mask=row_any != 0)
         if tc != cur_tc:
-            _flush_cols(col_flags_ptr, colacc, cur_tc, C, lc, BC)
-            colacc = tl.zeros([BR, BC], tl.int32)
+            _flush_cols(col_flags_ptr, colacc, cur_tc, C * 2 if WORDS else C, lc, BC, WORDS)
+            colacc = tl.zeros([BR, BC // 2 if WORDS else BC], tl.int32)
             cur_tc = tc
-        colacc |= x
+        colacc |= xr
     h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx = _fast_tile(
-        A, B, x, a, b, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
-        KIND, USE_PTX, VARIANT)
+        A, B, x, xw, a, b, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
+        KIND, USE_PTX, VARIANT, WORDS)
     return cur_tc, colacc, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx
 
 
@@ -383,12 +442,15 @@ def _element_stats_kernel(
     R, C, n_tiles_r, n_tiles,
     KIND: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, GROUP: tl.constexpr,
     MASKED: tl.constexpr, ROWCOL: tl.constexpr, USE_PTX: tl.constexpr, VARIANT: tl.constexpr,
+    WORDS: tl.constexpr = False,
 ):
     """One program: a contiguous run of tiles (column strip after column strip), in groups.
 
     Two tiles per warp are in flight while it computes (memory-level parallelism, not
     arithmetic, limited a one-tile-ahead version to half the copy bandwidth). VARIANT 0 is the kernel; 1 skips tolerance counts, 2 the ULP
     histogram, 3 keeps only loads, changed count and sums (cost breakdown for bench/ only).
+    WORDS (bfloat16 with an even row length): the tensors come as int32 words of two elements
+    and C counts words per row; tiles are still BR×BC elements.
     """
     NB: tl.constexpr = 33 if KIND == 2 else 17
     pid = tl.program_id(0)
@@ -397,7 +459,7 @@ def _element_stats_kernel(
     t_end = ((pid.to(tl.int64) + 1) * n_tiles // n_prog).to(tl.int32)
 
     lr = tl.arange(0, BR)
-    lc = tl.arange(0, BC)
+    lc = tl.arange(0, BC // 2 if WORDS else BC)
     local = lr[:, None] * C + lc[None, :]
     idx = tl.arange(0, NUM_COUNTERS)
     cnt = tl.zeros([NUM_COUNTERS], tl.int64)
@@ -411,12 +473,12 @@ def _element_stats_kernel(
     tr = t_begin % n_tiles_r
     tc = t_begin // n_tiles_r
     cur_tc = tc
-    colacc = tl.zeros([BR, BC], tl.int32)
+    colacc = tl.zeros([BR, BC // 2 if WORDS else BC], tl.int32)
     tr1, tc1 = _next_tile(tr, tc, n_tiles_r)
     has1 = t_begin + 1 < t_end
-    P0a, P0b = _load_tile(a_ptr, b_ptr, tr, tc, R, C, local, lr, lc, BR, BC, MASKED)
+    P0a, P0b = _load_tile(a_ptr, b_ptr, tr, tc, R, C, local, lr, lc, BR, BC, MASKED, WORDS)
     P1a, P1b = _load_tile(a_ptr, b_ptr, tl.where(has1, tr1, tr), tl.where(has1, tc1, tc),
-                          R, C, local, lr, lc, BR, BC, MASKED)
+                          R, C, local, lr, lc, BR, BC, MASKED, WORDS)
 
     for g0 in range(t_begin, t_end, GROUP):
         g1 = tl.minimum(g0 + GROUP, t_end)
@@ -426,7 +488,10 @@ def _element_stats_kernel(
         h3 = tl.zeros([BR, BC], tl.int32)
         acc_abs = tl.zeros([BR, BC], tl.float32)
         acc_rel = tl.zeros([BR, BC], tl.float32)
-        acc_chg = tl.zeros([BR, BC], tl.float32)
+        if WORDS:
+            acc_chg = tl.zeros([BR, BC // 2], tl.int32)
+        else:
+            acc_chg = tl.zeros([BR, BC], tl.float32)
         ssd = tl.zeros([BR, BC], tl.float32)
         sad = tl.zeros([BR, BC], tl.float32)
         ssa = tl.zeros([BR, BC], tl.float32)
@@ -443,32 +508,32 @@ def _element_stats_kernel(
             tr4, tc4 = _next_tile(tr3, tc3, n_tiles_r)
             tr5, tc5 = _next_tile(tr4, tc4, n_tiles_r)
             Q0a, Q0b = _load_tile(a_ptr, b_ptr, tl.where(t + 2 < t_end, tr2, tr), tl.where(t + 2 < t_end, tc2, tc),
-                                  R, C, local, lr, lc, BR, BC, MASKED)
+                                  R, C, local, lr, lc, BR, BC, MASKED, WORDS)
             Q1a, Q1b = _load_tile(a_ptr, b_ptr, tl.where(t + 3 < t_end, tr3, tr), tl.where(t + 3 < t_end, tc3, tc),
-                                  R, C, local, lr, lc, BR, BC, MASKED)
+                                  R, C, local, lr, lc, BR, BC, MASKED, WORDS)
             cur_tc, colacc, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx = _tile_step(
                 P0a, P0b, tr, tc, cur_tc, colacc, row_flags_ptr, col_flags_ptr, C, lr, lc,
                 h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
-                KIND, BR, BC, ROWCOL, USE_PTX, VARIANT)
+                KIND, BR, BC, ROWCOL, USE_PTX, VARIANT, WORDS)
             if t + 1 < g1:
                 cur_tc, colacc, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx = _tile_step(
                     P1a, P1b, tr1, tc1, cur_tc, colacc, row_flags_ptr, col_flags_ptr, C, lr, lc,
                     h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
-                    KIND, BR, BC, ROWCOL, USE_PTX, VARIANT)
+                    KIND, BR, BC, ROWCOL, USE_PTX, VARIANT, WORDS)
             P0a, P0b = _load_tile(a_ptr, b_ptr, tl.where(t + 4 < t_end, tr4, tr), tl.where(t + 4 < t_end, tc4, tc),
-                                  R, C, local, lr, lc, BR, BC, MASKED)
+                                  R, C, local, lr, lc, BR, BC, MASKED, WORDS)
             P1a, P1b = _load_tile(a_ptr, b_ptr, tl.where(t + 5 < t_end, tr5, tr), tl.where(t + 5 < t_end, tc5, tc),
-                                  R, C, local, lr, lc, BR, BC, MASKED)
+                                  R, C, local, lr, lc, BR, BC, MASKED, WORDS)
             if t + 2 < g1:
                 cur_tc, colacc, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx = _tile_step(
                     Q0a, Q0b, tr2, tc2, cur_tc, colacc, row_flags_ptr, col_flags_ptr, C, lr, lc,
                     h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
-                    KIND, BR, BC, ROWCOL, USE_PTX, VARIANT)
+                    KIND, BR, BC, ROWCOL, USE_PTX, VARIANT, WORDS)
             if t + 3 < g1:
                 cur_tc, colacc, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx = _tile_step(
                     Q1a, Q1b, tr3, tc3, cur_tc, colacc, row_flags_ptr, col_flags_ptr, C, lr, lc,
                     h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
-                    KIND, BR, BC, ROWCOL, USE_PTX, VARIANT)
+                    KIND, BR, BC, ROWCOL, USE_PTX, VARIANT, WORDS)
             tr, tc = tr4, tc4
 
         FIRST: tl.constexpr = 2 if KIND == 0 else (1 if KIND == 1 else 0)  # see _fast_tile
@@ -493,6 +558,8 @@ def _element_stats_kernel(
                 hidden_fp16 = changed_g - tl.sum((chg >> 8) & 15)
                 cnt += tl.where(idx == _C_HIDDEN_BF16, hidden_bf16.to(tl.int64), 0)
                 cnt += tl.where(idx == _C_HIDDEN_FP16, hidden_fp16.to(tl.int64), 0)
+            elif WORDS:
+                changed_g = tl.sum((acc_chg & 0xFFFF) + (acc_chg >> 16))
             else:
                 changed_g = tl.sum((rel >> 16) & 15)
             cnt += tl.where(idx == _C_CHANGED, changed_g.to(tl.int64), 0)
@@ -510,14 +577,14 @@ def _element_stats_kernel(
         else:
             for t in range(g0, g1):
                 A_bits, B_bits = _load_tile(a_ptr, b_ptr, t % n_tiles_r, t // n_tiles_r, R, C,
-                                            local, lr, lc, BR, BC, MASKED)
-                A, a = _decode(A_bits, KIND)
-                B, b = _decode(B_bits, KIND)
+                                            local, lr, lc, BR, BC, MASKED, WORDS)
+                A, a = _decode(A_bits, KIND, WORDS, BR, BC)
+                B, b = _decode(B_bits, KIND, WORDS, BR, BC)
                 cnt, tot_ssd, tot_sad, tot_ssa, tot_ssb, tot_mx = _slow_tile(
-                    A, B, a, b, cnt, idx, tot_ssd, tot_sad, tot_ssa, tot_ssb, tot_mx, KIND, USE_PTX, NB)
+                    A, B, a, b, cnt, idx, tot_ssd, tot_sad, tot_ssa, tot_ssb, tot_mx, KIND, USE_PTX, NB, WORDS)
 
     if ROWCOL:
-        _flush_cols(col_flags_ptr, colacc, cur_tc, C, lc, BC)
+        _flush_cols(col_flags_ptr, colacc, cur_tc, C * 2 if WORDS else C, lc, BC, WORDS)
     tl.store(counts_ptr + pid * NUM_COUNTERS + idx, cnt)
     sums_row = sums_ptr + pid * NUM_SUMS
     tl.store(sums_row + 0, tot_ssd)
@@ -640,11 +707,16 @@ def launch_element_stats(a: torch.Tensor, b: torch.Tensor, config: KernelConfig 
     n_tiles_r = triton.cdiv(rows, br)
     n_tiles = n_tiles_r * triton.cdiv(cols, bc)
     device = a.device
-    view = _BITS_VIEW[a.dtype]
-    scalars = (rows, cols, n_tiles_r, n_tiles)
+    # bfloat16 pairs with an even row length go in as int32 words of two elements (see _decode).
+    words = (a.dtype == torch.bfloat16 and cols % 2 == 0 and bc % 2 == 0
+             and a.data_ptr() % 4 == 0 and b.data_ptr() % 4 == 0)
+    view = torch.int32 if words else _BITS_VIEW[a.dtype]
+    a_bits = a.reshape(-1).view(view) if words else a.view(view)
+    b_bits = b.reshape(-1).view(view) if words else b.view(view)
+    scalars = (rows, cols // 2 if words else cols, n_tiles_r, n_tiles)
     kwargs = dict(
         KIND=_KIND[a.dtype], BR=br, BC=bc, GROUP=config.group, MASKED=masked, ROWCOL=is_matrix,
-        USE_PTX=device.type == "cuda", VARIANT=config.variant,
+        USE_PTX=device.type == "cuda", VARIANT=config.variant, WORDS=words,
         num_warps=config.num_warps, enable_fp_fusion=False,
         **({"maxnreg": config.max_registers} if config.max_registers else {}),
     )
@@ -658,15 +730,15 @@ def launch_element_stats(a: torch.Tensor, b: torch.Tensor, config: KernelConfig 
 
     if device.type == "cuda":
         # Compiling once with the same arguments gives the register count of this specialisation.
-        key = (device.index, a.dtype, config, br, bc, masked, is_matrix,
+        key = (device.index, a.dtype, config, br, bc, masked, is_matrix, words,
                tuple((v % 16 == 0, v == 1) for v in scalars))
         resident = _resident_programs(device, key, lambda: _element_stats_kernel.warmup(
-            a.view(view), b.view(view), *outputs(1), *scalars, grid=(1,), **kwargs))
+            a_bits, b_bits, *outputs(1), *scalars, grid=(1,), **kwargs))
         programs = min(n_tiles, resident)
     else:
         programs = min(n_tiles, 2)  # interpreter: a few programs exercise the partials
     counts, sums, row_flags, col_flags = outputs(programs)
-    _element_stats_kernel[(programs,)](a.view(view), b.view(view), counts, sums, row_flags, col_flags,
+    _element_stats_kernel[(programs,)](a_bits, b_bits, counts, sums, row_flags, col_flags,
                                        *scalars, **kwargs)
     if not is_matrix:
         row_flags = col_flags = None
