@@ -46,6 +46,22 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(f"\nfull diffs: {out}/diff-*.json; inspect one with: dynamics diff {folders['base']} {folders['rl']}")
 
 
+def _cmd_report(args: argparse.Namespace) -> None:
+    from reports.load import load_diff_doc
+    from reports.sparsity import render_sparsity_report
+    from reports.three_gate import render_three_gate_report
+
+    if len(args.inputs) == 1:
+        source = load_diff_doc(args.inputs[0])
+    elif len(args.inputs) == 2:
+        source = diff(*args.inputs, device=args.device, geometry=args.kind == "three-gate", rank_k=args.rank_k,
+                      progress=not args.quiet)
+    else:
+        raise DynamicsError(f"report {args.kind}: give A B (checkpoints) or one diff.json, got {len(args.inputs)} paths")
+    render = render_sparsity_report if args.kind == "sparsity" else render_three_gate_report
+    print(f"wrote {render(source, Path(args.out))}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynamics", description="Parameter-update dynamics inspector.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--geometry-exact", action="store_true", help="exact SVD instead of randomized (small models)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_diff)
+
+    p = sub.add_parser("report", help="render a report (Markdown + self-contained HTML, figures, data)")
+    p.add_argument("kind", choices=["sparsity", "three-gate"])
+    p.add_argument("inputs", nargs="+", help="BASE TUNED checkpoints, or one diff.json from `dynamics diff --json`")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--rank-k", type=int, default=64, help="top-k subspaces for the three-gate report's geometry")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(run=_cmd_report)
 
     p = sub.add_parser("demo", help="train a tiny model, fine-tune RL-like and SFT-like copies, diff both")
     p.add_argument("--out", default="demo-out", help="folder for checkpoints and diffs (default demo-out)")

@@ -204,3 +204,18 @@ def test_geometry_adds_rows_aggregates_skips_and_singular_values(pair, tmp_path)
     import h5py
     with h5py.File(tmp_path / "d.h5") as f:
         assert f["singular_values/model.layers.0.self_attn.q_proj.weight/a"].shape == (16,)
+
+
+@pytest.mark.parametrize("kind, page", [("sparsity", "sparsity.html"), ("three-gate", "three-gate.html")])
+def test_report_command_renders_from_checkpoints_and_from_json(pair, tmp_path, capsys, kind, page):
+    a, b = pair
+    assert main(["report", kind, str(a), str(b), "-o", str(tmp_path / "r1"), "-q", "--device", "cpu",
+                 "--rank-k", "4"]) == 0
+    assert (tmp_path / "r1" / page).exists()
+    assert main(["diff", str(a), str(b), "-q", "--device", "cpu", "--json", str(tmp_path / "d.json")]) == 0
+    assert main(["report", kind, str(tmp_path / "d.json"), "-o", str(tmp_path / "r2")]) == 0
+    assert (tmp_path / "r2" / page).exists()
+
+
+def test_report_of_a_missing_json_is_exit_2(tmp_path, capsys):
+    assert "nope.json" in _error_line(capsys, ["report", "sparsity", str(tmp_path / "nope.json"), "-o", str(tmp_path)])

@@ -1,0 +1,239 @@
+"""Plot helpers (matplotlib, Agg backend): each draws one figure from numbers it is given; `emit`
+writes the PNG under `figures/` and the numbers behind it as CSV under `data/`, atomically.
+
+Every module kind has one colour in every figure (`KIND_COLOURS`). Missing values (None) are left
+out of bar charts and shown grey in heatmaps.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm, Normalize  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from dynamics.naming import MODULE_KINDS  # noqa: E402
+from dynamics.outputs import atomic_path  # noqa: E402
+from reports.document import Figure  # noqa: E402
+
+KIND_COLOURS: dict[str, str] = dict(zip(MODULE_KINDS, (
+    "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+    "tab:olive", "tab:cyan", "tab:gray", "black")))
+_HATCHES = ("", "//", "..", "xx")
+_DPI = 110
+ANNOTATE_MAX_CELLS = 120  # heatmaps with more cells than this get no numbers in the cells
+
+
+def emit(out_dir: Path, stem: str, fig: plt.Figure, caption: str,
+         header: Sequence[str], rows: Sequence[Sequence[object]]) -> Figure:
+    """Save `fig` as `out_dir/figures/<stem>.png` and `rows` as `out_dir/data/<stem>.csv`."""
+    png, data = Path(out_dir) / "figures" / f"{stem}.png", Path(out_dir) / "data" / f"{stem}.csv"
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
+    plt.close(fig)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    with atomic_path(data) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    return Figure(png=png, data=data, caption=caption)
+
+
+def _spans_decades(values: Sequence[float | None], decades: float = 2.0) -> bool:
+    positive = [v for v in values if v is not None and v > 0]
+    return len(positive) >= 2 and math.log10(max(positive) / min(positive)) >= decades
+
+
+def bars(labels: Sequence[str], values: Sequence[float | None], xlabel: str, ylabel: str, title: str,
+         colours: Sequence[str] | None = None, unit_interval: bool = False, log: bool | None = None,
+         hlines: Sequence[tuple[float, str]] = (),
+         bands: Sequence[tuple[float, float, str, str]] = ()) -> plt.Figure:
+    """One bar per label, its value written above it in small charts; log y when `log` or (None)
+    when the values span two decades, [0, 1] when `unit_interval`. `hlines`: (y, legend label);
+    `bands`: (low, high, colour, legend label) shaded behind the bars."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(labels) + 2), 3.6))
+    x = np.arange(len(labels))
+    for low, high, colour, text in bands:
+        ax.axhspan(low, high, color=colour, alpha=0.25, linewidth=0, label=text)
+    for (y, text), style in zip(hlines, ("--", ":", "-.")):
+        ax.axhline(y, color="black", linestyle=style, linewidth=0.9, label=text)
+    container = ax.bar(x, [np.nan if v is None else v for v in values], color=colours or "tab:blue",
+                       edgecolor="black", linewidth=0.4)
+    _label_bars(ax, container, values)
+    _kind_ticks(ax, x, labels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    all_values = list(values) + [y for y, _ in hlines]
+    if unit_interval:
+        ax.set_ylim(0, 1.08)
+    elif log or (log is None and _spans_decades(all_values)):
+        ax.set_yscale("log")
+        positive = [v for v in all_values if v is not None and v > 0]
+        if positive:
+            ax.set_ylim(min(positive) / 2, max(positive) * 3)
+    if bands or hlines:
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+MAX_LABELLED_BARS = 24  # bar charts with more bars than this get no value labels
+
+
+def value_text(v: float) -> str:
+    """Short label: 0, 0.854, 15.7, 3.1e-04 (values near 0 keep their magnitude visible)."""
+    if v == 0:
+        return "0"
+    if abs(v) < 1e-3 or abs(v) >= 1e4:
+        return f"{v:.1e}"
+    return f"{v:.3g}"
+
+
+def _label_bars(ax: plt.Axes, container, values: Sequence[float | None]) -> None:
+    if len(values) <= MAX_LABELLED_BARS:
+        ax.bar_label(container, labels=["" if v is None else value_text(v) for v in values], fontsize=7, padding=2)
+
+
+def _kind_ticks(ax: plt.Axes, x: np.ndarray, labels: Sequence[str]) -> None:
+    crowded = len(labels) > 16 or max((len(label) for label in labels), default=0) * len(labels) > 90
+    if crowded and len(labels) > 16:
+        ax.set_xticks(x, labels, rotation=90)
+    elif crowded:
+        ax.set_xticks(x, labels, rotation=30, ha="right")
+    else:
+        ax.set_xticks(x, labels)
+
+
+def grouped_kind_bars(kinds: Sequence[str], series: dict[str, Sequence[float | None]], ylabel: str,
+                      title: str, unit_interval: bool = False, log: bool | None = None,
+                      hlines: Sequence[tuple[float, str]] = ()) -> plt.Figure:
+    """Per module kind one bar per series, in the kind's colour; series differ by hatch."""
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.75 * len(kinds) * len(series) / 2 + 2.5), 3.8))
+    x = np.arange(len(kinds))
+    width = 0.8 / max(1, len(series))
+    handles = []
+    for i, (name, values) in enumerate(series.items()):
+        container = ax.bar(x + (i - (len(series) - 1) / 2) * width, [np.nan if v is None else v for v in values],
+                           width, color=[KIND_COLOURS.get(k, "black") for k in kinds],
+                           hatch=_HATCHES[i % len(_HATCHES)], edgecolor="black", linewidth=0.4)
+        _label_bars(ax, container, values)
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch=_HATCHES[i % len(_HATCHES)], label=name))
+    for y, text in hlines:
+        ax.axhline(y, color="black", linestyle="--", linewidth=0.8)
+        ax.annotate(text, (1.0, y), xycoords=("axes fraction", "data"), xytext=(-4, 3),
+                    textcoords="offset points", ha="right", va="bottom", fontsize=8)
+    _kind_ticks(ax, x, kinds)
+    ax.set_xlabel("module kind")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    all_values = [v for values in series.values() for v in values] + [y for y, _ in hlines]
+    if unit_interval:
+        ax.set_ylim(0, 1.08)
+    elif log or (log is None and _spans_decades(all_values)):
+        ax.set_yscale("log")
+    if len(series) > 1:
+        ax.legend(handles=handles, fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], values: Sequence[Sequence[float | None]],
+            xlabel: str, ylabel: str, colourbar_label: str, title: str, log: bool | None = False,
+            unit_interval: bool = False) -> plt.Figure:
+    """Cells coloured by value (LogNorm when `log`, or when None and the values span a decade);
+    None cells grey; numbers in small grids."""
+    matrix = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
+    if log is None:
+        log = _spans_decades([v for row in values for v in row], decades=1.0)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(col_labels) + 2.5), max(2.8, 0.32 * len(row_labels) + 1.6)))
+    finite = matrix[np.isfinite(matrix)]
+    if log:
+        positive = finite[finite > 0]
+        norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
+        matrix = np.where(matrix > 0, matrix, np.nan)
+    elif unit_interval:
+        norm = Normalize(vmin=0.0, vmax=1.0)
+    else:
+        norm = None
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#d9d9d9")
+    image = ax.imshow(np.ma.masked_invalid(matrix), aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+    fig.colorbar(image, ax=ax, label=colourbar_label)
+    ax.set_xticks(np.arange(len(col_labels)), col_labels)
+    ax.set_yticks(np.arange(len(row_labels)), row_labels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    if matrix.size <= ANNOTATE_MAX_CELLS:
+        for (i, j), v in np.ndenumerate(matrix):
+            if np.isfinite(v):
+                shade = image.norm(v) if image.norm is not None else 0.5
+                ax.text(j, i, value_text(v), ha="center", va="center", fontsize=7,
+                        color="black" if shade > 0.6 else "white")
+    return fig
+
+
+def ulp_histograms(histograms: dict[str, Sequence[int]]) -> plt.Figure:
+    """One panel per dtype: moved elements per ULP-distance bucket j (2^(j−1) < d ≤ 2^j, ticks show
+    the upper bound 2^j), log y; buckets after the last non-empty one are cut."""
+    fig, axes = plt.subplots(1, max(1, len(histograms)), figsize=(6.5 * max(1, len(histograms)), 3.8), squeeze=False)
+    for ax, (dtype, counts) in zip(axes[0], histograms.items()):
+        last = max((i for i, c in enumerate(counts) if c), default=0)
+        shown = list(counts[:last + 1])
+        x = np.arange(len(shown))
+        ax.bar(x, [c if c else np.nan for c in shown], color="tab:blue", edgecolor="black", linewidth=0.4)
+        ax.set_yscale("log")
+        step = 1 if len(shown) <= 17 else 2
+        ax.set_xticks(x[::step], [f"$2^{{{j}}}$" for j in x[::step]], fontsize=8)
+        ax.set_xlabel("ULP distance d, bucket upper bound (2^(j−1) < d ≤ 2^j; steps of the stored dtype)", fontsize=9)
+        ax.set_ylabel("moved elements (count, log scale)")
+        ax.set_title(f"{dtype}: {sum(counts):,} moved elements", fontsize=11)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def tolerance_curves(abs_taus: Sequence[float], abs_values: Sequence[float | None], rel_taus: Sequence[float],
+                     rel_values: Sequence[float | None], bitwise: float | None) -> plt.Figure:
+    """Tolerance sparsity against τ (log x) for the absolute and relative grids, bitwise as a line."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, taus, values, xlabel, title in (
+            (axes[0], abs_taus, abs_values, "absolute tolerance τ (|Δ| ≤ τ, weight units)", "absolute"),
+            (axes[1], rel_taus, rel_values, "relative tolerance τ (|Δ| ≤ τ·|W0|, unitless)", "relative")):
+        ax.plot(taus, [np.nan if v is None else v for v in values], marker="o", color="tab:blue",
+                label="tolerance sparsity")
+        if bitwise is not None:
+            ax.axhline(bitwise, color="tab:red", linestyle="--", linewidth=1, label="bitwise sparsity")
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(xlabel)
+        ax.set_title(f"{title} tolerance", fontsize=11)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("share of elements within τ")
+    axes[1].legend(fontsize=8, frameon=False, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def overlap_vs_chance(percents: Sequence[float], curves: dict[str, Sequence[float | None]]) -> plt.Figure:
+    """Mask overlap against the mask size p (both in %), with the chance line overlap = p."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for (name, values), marker in zip(curves.items(), ("o", "s", "^", "v")):
+        ax.plot(percents, [np.nan if v is None else 100 * v for v in values], marker=marker, label=name)
+    ax.plot(percents, percents, color="black", linestyle="--", linewidth=0.8, label="chance (overlap = p)")
+    ax.set_xlabel("mask size p (% of elements)")
+    ax.set_ylabel("changed elements inside the mask (%)")
+    ax.set_title("update mask overlap vs chance", fontsize=11)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    return fig

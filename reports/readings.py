@@ -1,0 +1,91 @@
+"""One-line readings that close each gate of the three-gate report: pure functions of numbers
+the diff document already holds, with the thresholds as named constants.
+
+The thresholds are conventions for a first reading, not statistical tests: a reader who needs
+more looks at the tables above the line.
+"""
+
+from __future__ import annotations
+
+# Gate I — relative update norm ‖Δ‖_F/‖W0‖_F, a weight-space stand-in until KL drift is measured.
+SMALL_UPDATE_NORM = 1e-3   # below: a small update (RL-like runs at lr ~1e-6 sit here)
+LARGE_UPDATE_NORM = 1e-2   # above: a large update (SFT-like runs at lr ~1e-4 sit here)
+
+# Gate II — principal energy ratio ρ_k / (k²/(m·n)): the update's share of energy in the top-k
+# principal block against the share a random direction would have.
+OFF_PRINCIPAL_RATIO = 0.5  # below: off-principal
+ON_PRINCIPAL_RATIO = 2.0   # above: on-principal; in between: indistinguishable from random
+
+# Gate III — bitwise sparsity (share of bit-identical weights) and, for float32 pairs, the share
+# of moved weights whose bf16 roundings are equal.
+SPARSE_BITWISE = 0.5       # above: sparse under the stored dtype
+HIDDEN_MOSTLY = 0.5        # above: most of the float32 movement is invisible once stored in bf16
+
+KL_PROBE_COMMAND = "dynamics probe kl BASE TUNED --prompts prompts.jsonl"
+
+
+def _sci(x: float) -> str:
+    return f"{x:.2e}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%" if x >= 0.001 or x == 0 else f"{100 * x:.3f}%"
+
+
+def kl_reading(kl_mean_per_token: float | None, relative_update_norm: float | None) -> str:
+    """Gate I: KL drift when measured; otherwise what is missing plus the relative update norm
+    classed against SMALL_UPDATE_NORM / LARGE_UPDATE_NORM."""
+    if kl_mean_per_token is not None:
+        return f"KL drift: {kl_mean_per_token:.3g} nats per token (on-policy, KL(π_B ‖ π_A))."
+    missing = f"KL drift not measured (run `{KL_PROBE_COMMAND}`, not available yet)"
+    if relative_update_norm is None:
+        return f"{missing}; no relative update norm either (W0 = 0)."
+    if relative_update_norm < SMALL_UPDATE_NORM:
+        size = f"a small update (< {SMALL_UPDATE_NORM:g})"
+    elif relative_update_norm > LARGE_UPDATE_NORM:
+        size = f"a large update (> {LARGE_UPDATE_NORM:g})"
+    else:
+        size = f"a moderate update ({SMALL_UPDATE_NORM:g} … {LARGE_UPDATE_NORM:g})"
+    return f"{missing}; in weight space ‖Δ‖/‖W0‖ = {_sci(relative_update_norm)}, {size}."
+
+
+def principal_energy_reading(energy: float | None, baseline: float | None,
+                             max_angle_deg: float | None = None) -> str:
+    """Gate II: ratio = ρ_k / baseline → "off-principal" (< OFF_PRINCIPAL_RATIO), "on-principal"
+    (> ON_PRINCIPAL_RATIO), else "indistinguishable from random directions"; plus the max principal
+    angle when given. No ratio when Δ = 0 (energy None) or the baseline is 0."""
+    if energy is None or not baseline:
+        return "no update energy to place (Δ = 0 in every measured matrix)."
+    ratio = energy / baseline
+    share = f"update energy in the top-k block is {ratio:.2g}× the random baseline"
+    if ratio < OFF_PRINCIPAL_RATIO:
+        reading = f"off-principal: {share}"
+    elif ratio > ON_PRINCIPAL_RATIO:
+        reading = f"on-principal: {share}"
+    else:
+        reading = f"indistinguishable from random directions: {share}"
+    if max_angle_deg is not None:
+        reading += f"; top-k subspaces rotate by {max_angle_deg:.2g}° at most (mean over matrices)"
+    return reading + "."
+
+
+def precision_reading(bitwise_sparsity: float | None, dtypes: list[str],
+                      hidden_by_bf16: float | None = None) -> str:
+    """Gate III: "sparse under DTYPE" when bitwise_sparsity > SPARSE_BITWISE, else "dense under
+    DTYPE"; for float32 pairs also whether bf16 storage would hide most of the movement
+    (hidden_by_bf16 > HIDDEN_MOSTLY)."""
+    if bitwise_sparsity is None:
+        return "no elements compared."
+    stored = "/".join(_short(d) for d in dtypes) or "the stored dtype"
+    word = "sparse" if bitwise_sparsity > SPARSE_BITWISE else "dense"
+    reading = f"{word} under {stored}: {_pct(bitwise_sparsity)} of the weights are bit-identical"
+    if hidden_by_bf16 is not None:
+        if hidden_by_bf16 > HIDDEN_MOSTLY:
+            reading += f"; stored as bf16, {_pct(hidden_by_bf16)} of the moved weights would not move"
+        else:
+            reading += f"; stored as bf16, only {_pct(hidden_by_bf16)} of the moved weights would be hidden"
+    return reading + "."
+
+
+def _short(dtype: str) -> str:
+    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}.get(dtype, dtype)
