@@ -36,16 +36,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_json(result: DiffResult, path: str | Path) -> None:
     """The `dynamics.diff/1` document; NaN/Inf floats become null so the file is strict JSON."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_finite(result.to_json()), indent=1, allow_nan=False))
+        tmp.write_text(json.dumps(finite_json(result.to_json()), indent=1, allow_nan=False))
 
 
-def _finite(value):
+def finite_json(value):
+    """`value` with NaN/Inf floats replaced by None, recursively (strict JSON has no NaN)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite_json(v) for v in value]
     return value
 
 
@@ -60,7 +61,7 @@ def write_h5(result: DiffResult, path: str | Path) -> None:
         f.attrs["a"] = result.a.path
         f.attrs["b"] = result.b.path
         f.attrs["device"] = result.device
-        f.create_dataset("diff_json", data=json.dumps(_finite(result.to_json())))
+        f.create_dataset("diff_json", data=json.dumps(finite_json(result.to_json())))
         _write_rows(f.create_group("tensors"), [r.stats for r in result.records])
         f["tensors"].create_dataset("name", data=np.array([r.name for r in result.records], dtype=object),
                                     dtype=h5py.string_dtype())

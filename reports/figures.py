@@ -16,14 +16,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm, Normalize  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.patches import Patch
 
-from dynamics.naming import MODULE_KINDS  # noqa: E402
-from dynamics.outputs import atomic_path  # noqa: E402
-from reports.document import Figure  # noqa: E402
+from dynamics.naming import MODULE_KINDS
+from dynamics.outputs import atomic_path
+from reports.document import Figure
 
 KIND_COLOURS: dict[str, str] = dict(zip(MODULE_KINDS, (
     "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",

@@ -8,13 +8,13 @@ counters and calls the registered metrics of `dynamics.metrics`, exactly as `Dif
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import fields
 from pathlib import Path
 
 from dynamics.element_stats import ElementStats
 from dynamics.errors import DynamicsError
 from dynamics.metrics import MetricValue, derived_metrics
+from dynamics.outputs import finite_json
 from dynamics.result import SCHEMA, DiffResult
 
 
@@ -45,17 +45,7 @@ def load_diff_doc(source: DiffResult | dict | str | Path) -> dict:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise ReportError(f"{source if not isinstance(source, dict) else 'document'}: "
                           f"expected a {SCHEMA} document, found {found!r}")
-    return _finite(doc)
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    return finite_json(doc)
 
 
 _TUPLE_FIELDS = ("ulp_histogram", "within_abs", "within_rel")

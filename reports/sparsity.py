@@ -12,8 +12,7 @@ from pathlib import Path
 from dynamics.naming import MODULE_KINDS
 from dynamics.result import DiffResult
 from reports import figures
-from reports.document import (Block, Paragraph, Report, Section, Table, fmt_count, fmt_fraction, fmt_sci,
-                              write_report)
+from reports.document import Block, Paragraph, Report, Section, Table, fmt_count, fmt_fraction, fmt_sci, write_report
 from reports.load import load_diff_doc, pooled_metrics
 from reports.sections import headline_table, hidden_blocks, subtitle, ulp_blocks, unpaired_blocks
 

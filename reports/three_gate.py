@@ -12,11 +12,29 @@ from pathlib import Path
 
 from dynamics.result import DiffResult
 from reports import figures
-from reports.document import (Block, Note, Paragraph, Reading, Report, Section, Table, fmt_count, fmt_fraction,
-                              fmt_general, fmt_sci, write_report)
+from reports.document import (
+    Block,
+    Note,
+    Paragraph,
+    Reading,
+    Report,
+    Section,
+    Table,
+    fmt_count,
+    fmt_fraction,
+    fmt_general,
+    fmt_sci,
+    write_report,
+)
 from reports.load import load_diff_doc
-from reports.readings import (KL_PROBE_COMMAND, OFF_PRINCIPAL_RATIO, ON_PRINCIPAL_RATIO, kl_reading,
-                              precision_reading, principal_energy_reading)
+from reports.readings import (
+    KL_PROBE_COMMAND,
+    OFF_PRINCIPAL_RATIO,
+    ON_PRINCIPAL_RATIO,
+    kl_reading,
+    precision_reading,
+    principal_energy_reading,
+)
 from reports.sections import fp32_hidden_by_bf16, hidden_blocks, subtitle, ulp_blocks, unpaired_blocks
 
 NAME = "three-gate"
