@@ -10,6 +10,8 @@ from dynamics.api import diff
 from dynamics.errors import DynamicsError
 from dynamics.outputs import write_h5, write_json
 from dynamics.summary import format_side_by_side, format_summary
+from probes.cli import add_probe_parser
+from probes.lab.cli import add_lab_parser
 
 
 def _cmd_diff(args: argparse.Namespace) -> None:
@@ -96,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(run=_cmd_demo)
+
+    add_probe_parser(sub)
+    add_lab_parser(sub)
     return parser
 
 
