@@ -60,8 +60,31 @@ def _cmd_report(args: argparse.Namespace) -> None:
                       progress=not args.quiet)
     else:
         raise DynamicsError(f"report {args.kind}: give A B (checkpoints) or one diff.json, got {len(args.inputs)} paths")
-    render = render_sparsity_report if args.kind == "sparsity" else render_three_gate_report
-    print(f"wrote {render(source, Path(args.out))}")
+    if args.kind == "sparsity":
+        if args.kl or args.fisher:
+            raise DynamicsError("report sparsity: --kl and --fisher belong to the three-gate report")
+        print(f"wrote {render_sparsity_report(source, Path(args.out))}")
+    else:
+        print(f"wrote {render_three_gate_report(source, Path(args.out), kl=args.kl, fisher=args.fisher)}")
+
+
+def _cmd_series(args: argparse.Namespace) -> None:
+    from dynamics.series import parse_step_file, series
+    from reports.series import render_series_report
+
+    kl = dict(parse_step_file(text) for text in args.kl)
+    result = series(args.run_dir, base=args.base, out=args.out, geometry=args.geometry, rank_k=args.rank_k,
+                    device=args.device, kl=kl, progress=not args.quiet)
+    out = Path(result.out_dir)
+    print(f"{len(result.steps)} checkpoints of {result.run_dir} against {result.base}: "
+          f"{result.diffs_computed} diffs computed, {result.diffs_cached} reused from {out / 'cache'}")
+    measured = sum(s.kl is not None for s in result.steps)
+    if result.kl_source is None:
+        print(f"KL per step: none (pass --kl STEP=kl.json, or put dynamics.kl/1 files at {out}/kl/step_N.json)")
+    else:
+        print(f"KL per step: {measured} files from {result.kl_source}")
+    print(f"wrote {out / 'series.json'}")
+    print(f"wrote {render_series_report(result, out)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,8 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--rank-k", type=int, default=64, help="top-k subspaces for the three-gate report's geometry")
+    p.add_argument("--kl", type=Path, help="three-gate, Gate I: dynamics.kl/1 JSON of the same pair (probe kl --json)")
+    p.add_argument("--fisher", type=Path,
+                   help="three-gate, Gate II: dynamics.fisher/1 JSON of the same pair (probe fisher --json)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(run=_cmd_report)
+
+    p = sub.add_parser("series", help="diff every checkpoint of a run against the base and the previous step; "
+                                      "series.json and a report")
+    p.add_argument("run_dir", help="run folder with checkpoint-N / global_step_N / step_N folders")
+    p.add_argument("--base", help="base checkpoint (default: \"base\" in RUN_DIR/run.json)")
+    p.add_argument("-o", "--out", help="output folder for series.json, cache/ and the report (default RUN_DIR/series)")
+    p.add_argument("--geometry", action="store_true", help="also measure update geometry (rotation, principal energy)")
+    p.add_argument("--rank-k", type=int, default=64, help="top-k singular subspaces for --geometry (default 64)")
+    p.add_argument("--kl", action="append", default=[], metavar="STEP=FILE",
+                   help="dynamics.kl/1 file of one step (repeat; default: OUT/kl/step_N.json where present)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_series)
 
     p = sub.add_parser("demo", help="train a tiny model, fine-tune RL-like and SFT-like copies, diff both")
     p.add_argument("--out", default="demo-out", help="folder for checkpoints and diffs (default demo-out)")

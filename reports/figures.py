@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from dynamics.naming import MODULE_KINDS
 from dynamics.outputs import atomic_path
@@ -225,15 +226,128 @@ def tolerance_curves(abs_taus: Sequence[float], abs_values: Sequence[float | Non
     return fig
 
 
-def overlap_vs_chance(percents: Sequence[float], curves: dict[str, Sequence[float | None]]) -> plt.Figure:
-    """Mask overlap against the mask size p (both in %), with the chance line overlap = p."""
+def overlap_vs_chance(percents: Sequence[float], curves: dict[str, Sequence[float | None]],
+                      xlabel: str = "mask size p (% of elements)",
+                      ylabel: str = "changed elements inside the mask (%)",
+                      title: str = "update mask overlap vs chance",
+                      chance_label: str = "chance (overlap = p)") -> plt.Figure:
+    """Shares (fractions, drawn in %) against a subset size in %, with the chance line share = size."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for (name, values), marker in zip(curves.items(), ("o", "s", "^", "v")):
         ax.plot(percents, [np.nan if v is None else 100 * v for v in values], marker=marker, label=name)
-    ax.plot(percents, percents, color="black", linestyle="--", linewidth=0.8, label="chance (overlap = p)")
-    ax.set_xlabel("mask size p (% of elements)")
-    ax.set_ylabel("changed elements inside the mask (%)")
-    ax.set_title("update mask overlap vs chance", fontsize=11)
+    ax.plot(percents, percents, color="black", linestyle="--", linewidth=0.8, label=chance_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
     ax.legend(fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
+    return fig
+
+
+def step_curves(steps: Sequence[int], curves: Sequence[tuple[str, Sequence[float | None], str]], ylabel: str,
+                title: str, colour: str, unit_interval: bool = False, log: bool | None = None,
+                hlines: Sequence[tuple[float, str]] = (),
+                bands: Sequence[tuple[float, float, str, str]] = ()) -> plt.Figure:
+    """Values against optimizer step, one line per (legend label, values, line style) in the run's
+    `colour`; markers on every point (a series may have one step), filled for the first curve and
+    hollow after it so coinciding curves stay visible; None leaves a gap. Log y (ticks as plain
+    numbers) when `log` or (None) when the values span two decades; [0, 1] when `unit_interval`.
+    `hlines`: (y, legend label); `bands`: (low, high, colour, legend label) shaded behind."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    for low, high, band_colour, text in bands:
+        ax.axhspan(low, high, color=band_colour, alpha=0.15, linewidth=0, label=text)
+    for i, ((label, values, style), marker) in enumerate(zip(curves, ("o", "s", "^", "D"))):
+        ax.plot(steps, [np.nan if v is None else v for v in values], linestyle=style, marker=marker,
+                markersize=6 if i else 5, color=colour, markerfacecolor=colour if i == 0 else "white", label=label)
+    for y, text in hlines:
+        ax.axhline(y, color="black", linestyle=":", linewidth=0.9, label=text)
+    all_values = [v for _, values, _ in curves for v in values] + [y for y, _ in hlines]
+    if unit_interval:
+        ax.set_ylim(0, 1.02)
+    elif log or (log is None and _spans_decades(all_values)):
+        ax.set_yscale("log")
+        positive = [v for v in all_values if v is not None and v > 0]
+        if positive:
+            ax.set_ylim(min(positive) / 1.5, max(positive) * 1.5)
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain if math.log10(max(positive) / min(positive)) < 1 else NullFormatter())
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+ScatterPoint = tuple[float, float, float | None, float | None, str]  # x, y, y CI low, y CI high, legend group
+
+
+def scatter_grid(row_labels: Sequence[str], col_labels: Sequence[str], cells: Sequence[Sequence[Sequence[ScatterPoint]]],
+                 titles: Sequence[Sequence[str]], styles: dict[str, tuple[str, str]],
+                 log_cols: Sequence[bool]) -> plt.Figure:
+    """A grid of scatter panels: row i plots `row_labels[i]` (y) against `col_labels[j]` (x); each
+    point in its group's (colour, marker) with its y confidence interval as a vertical bar; a dotted
+    line at y = 0; one legend for all panels."""
+    n_rows, n_cols = len(row_labels), len(col_labels)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols + 1.8, 3.3 * n_rows), squeeze=False)
+    for i, j in np.ndindex(n_rows, n_cols):
+        ax = axes[i][j]
+        for group, (colour, marker) in styles.items():
+            points = [p for p in cells[i][j] if p[4] == group]
+            if not points:
+                continue
+            x = [p[0] for p in points]
+            y = [p[1] for p in points]
+            has_ci = [p[2] is not None and p[3] is not None for p in points]
+            if any(has_ci):
+                lows = [p[1] - p[2] if ok else 0.0 for p, ok in zip(points, has_ci)]
+                highs = [p[3] - p[1] if ok else 0.0 for p, ok in zip(points, has_ci)]
+                ax.errorbar(x, y, yerr=[lows, highs], fmt="none", ecolor=colour, alpha=0.45, linewidth=1)
+            ax.scatter(x, y, color=colour, marker=marker, s=30, edgecolors="white", linewidths=0.5, zorder=3)
+        ax.axhline(0, color="black", linestyle=":", linewidth=0.8)
+        if log_cols[j]:
+            ax.set_xscale("log")
+        ax.set_title(titles[i][j], fontsize=9)
+        ax.set_xlabel(col_labels[j], fontsize=9)
+        ax.set_ylabel(row_labels[i], fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=c, marker=m, linestyle="", label=g) for g, (c, m) in styles.items()]
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.98), fontsize=9, frameon=False,
+               title="run")
+    fig.tight_layout()
+    return fig
+
+
+Spread = tuple[Sequence[float], float | None, float | None]  # seed values, their mean, their std (None: < 2 seeds)
+
+
+def seed_spread(groups: Sequence[str], panels: dict[str, Sequence[Spread]], colours: Sequence[str],
+                log_panels: Sequence[str] = ()) -> plt.Figure:
+    """One panel per metric (its y label): for each group (run) the seeds as small dots and the
+    given mean as a diamond with ± one standard deviation as an error bar."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(3.6, 0.5 * len(groups) + 1.6) * len(panels), 4.4),
+                             squeeze=False)
+    x = np.arange(len(groups))
+    for ax, (ylabel, spreads) in zip(axes[0], panels.items()):
+        values = [v for seeds, _, _ in spreads for v in seeds]
+        for xi, (seeds, mean, std), colour in zip(x, spreads, colours):
+            if not seeds:
+                continue
+            jitter = np.linspace(-0.12, 0.12, len(seeds)) if len(seeds) > 1 else np.zeros(1)
+            ax.scatter(xi - 0.1 + jitter, seeds, color=colour, s=14, alpha=0.6, zorder=2)
+            if mean is not None:
+                ax.errorbar([xi + 0.22], [mean], yerr=None if std is None else [[std], [std]], fmt="D",
+                            color=colour, markersize=6, capsize=4, zorder=3)
+        if ylabel in log_panels:
+            ax.set_yscale("log")
+        elif values and min(values) < 0 < max(values):
+            ax.axhline(0, color="black", linestyle=":", linewidth=0.8)
+        ax.set_ylabel(ylabel, fontsize=9)
+        _kind_ticks(ax, x, groups)
+        ax.tick_params(labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
     return fig

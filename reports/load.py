@@ -1,4 +1,5 @@
-"""Report input: a `DiffResult` or its `dynamics.diff/1` JSON document, as one plain dict.
+"""Report input: a `DiffResult` or its `dynamics.diff/1` JSON document, as one plain dict; the
+series, KL, Fisher and behavior documents other commands write, each checked for its schema.
 
 Reports render; they never define a metric. Where a report needs a value for a group the
 document does not aggregate (a layer × module-kind cell), it sums the rows' `ElementStats`
@@ -7,7 +8,6 @@ counters and calls the registered metrics of `dynamics.metrics`, exactly as `Dif
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 
@@ -16,6 +16,10 @@ from dynamics.errors import DynamicsError
 from dynamics.metrics import MetricValue, derived_metrics
 from dynamics.outputs import finite_json
 from dynamics.result import SCHEMA, DiffResult
+from dynamics.series import read_json_document
+
+FISHER_SCHEMA = "dynamics.fisher/1"
+BEHAVIOR_SCHEMA = "dynamics.behavior/1"
 
 
 class ReportError(DynamicsError):
@@ -29,23 +33,17 @@ def load_diff_doc(source: DiffResult | dict | str | Path) -> dict:
     >>> doc = load_diff_doc("demo-out/diff-base-vs-rl.json")
     >>> doc["summary"]["bitwise_sparsity"]
     """
-    if isinstance(source, DiffResult):
-        doc = source.to_json()
-    elif isinstance(source, dict):
-        doc = source
-    else:
-        path = Path(source)
-        try:
-            doc = json.loads(path.read_text())
-        except OSError as e:
-            raise ReportError(f"{path}: cannot read ({e.strerror or e})") from e
-        except json.JSONDecodeError as e:
-            raise ReportError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from e
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        raise ReportError(f"{source if not isinstance(source, dict) else 'document'}: "
-                          f"expected a {SCHEMA} document, found {found!r}")
-    return finite_json(doc)
+    return load_document(source.to_json() if isinstance(source, DiffResult) else source, SCHEMA)
+
+
+def load_document(source: dict | str | Path, schema: str) -> dict:
+    """A report input of `schema` (`dynamics.series/1`, `dynamics.kl/1`, `dynamics.fisher/1`,
+    `dynamics.behavior/1`, …): a loaded dict or the path of its JSON file, NaN/Inf as None."""
+    if not isinstance(source, dict):
+        return read_json_document(source, schema, ReportError)
+    if source.get("schema") != schema:
+        raise ReportError(f"document: expected a {schema} document, found {source.get('schema')!r}")
+    return finite_json(source)
 
 
 _TUPLE_FIELDS = ("ulp_histogram", "within_abs", "within_rel")

@@ -1,5 +1,5 @@
 """One-line readings that close each gate of the three-gate report: pure functions of numbers
-the diff document already holds, with the thresholds as named constants.
+the diff, KL and Fisher documents already hold, with the thresholds as named constants.
 
 The thresholds are conventions for a first reading, not statistical tests: a reader who needs
 more looks at the tables above the line.
@@ -7,7 +7,11 @@ more looks at the tables above the line.
 
 from __future__ import annotations
 
-# Gate I — relative update norm ‖Δ‖_F/‖W0‖_F, a weight-space stand-in until KL drift is measured.
+# Gate I — KL drift KL(π_B ‖ π_A) in nats per token, on-policy (B's own samples). RL with a KL
+# anchor typically stays in the thousandths to hundredths; SFT on off-policy data drifts further.
+SMALL_KL_NATS = 0.01       # below: a small drift
+LARGE_KL_NATS = 0.1        # above: a large drift
+# Until KL is measured: relative update norm ‖Δ‖_F/‖W0‖_F, a weight-space stand-in.
 SMALL_UPDATE_NORM = 1e-3   # below: a small update (RL-like runs at lr ~1e-6 sit here)
 LARGE_UPDATE_NORM = 1e-2   # above: a large update (SFT-like runs at lr ~1e-4 sit here)
 
@@ -15,13 +19,18 @@ LARGE_UPDATE_NORM = 1e-2   # above: a large update (SFT-like runs at lr ~1e-4 si
 # principal block against the share a random direction would have.
 OFF_PRINCIPAL_RATIO = 0.5  # below: off-principal
 ON_PRINCIPAL_RATIO = 2.0   # above: on-principal; in between: indistinguishable from random
+# Gate II — curvature alignment: share of ‖Δ‖² on the top-q% diagonal-Fisher coordinates of the
+# base over its chance level q/100, read at the smallest q measured.
+FISHER_AVOIDED_RATIO = 0.5  # below: the update avoids high-curvature coordinates
+FISHER_ALIGNED_RATIO = 2.0  # above: the update concentrates on them; in between: as chance
 
 # Gate III — bitwise sparsity (share of bit-identical weights) and, for float32 pairs, the share
 # of moved weights whose bf16 roundings are equal.
 SPARSE_BITWISE = 0.5       # above: sparse under the stored dtype
 HIDDEN_MOSTLY = 0.5        # above: most of the float32 movement is invisible once stored in bf16
 
-KL_PROBE_COMMAND = "dynamics probe kl BASE TUNED --prompts prompts.jsonl"
+KL_PROBE_COMMAND = "dynamics probe kl BASE TUNED --prompts P --json kl.json"
+FISHER_PROBE_COMMAND = "dynamics probe fisher BASE TUNED --prompts P --json fisher.json"
 
 
 def _sci(x: float) -> str:
@@ -32,21 +41,47 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%" if x >= 0.001 or x == 0 else f"{100 * x:.3f}%"
 
 
-def kl_reading(kl_mean_per_token: float | None, relative_update_norm: float | None) -> str:
-    """Gate I: KL drift when measured; otherwise what is missing plus the relative update norm
-    classed against SMALL_UPDATE_NORM / LARGE_UPDATE_NORM."""
+def kl_reading(kl_mean_per_token: float | None, relative_update_norm: float | None,
+               kl_p95_per_token: float | None = None) -> str:
+    """Gate I: KL drift when measured, classed against SMALL_KL_NATS / LARGE_KL_NATS, with its 95th
+    percentile; otherwise what is missing plus the relative update norm classed against
+    SMALL_UPDATE_NORM / LARGE_UPDATE_NORM."""
     if kl_mean_per_token is not None:
-        return f"KL drift: {kl_mean_per_token:.3g} nats per token (on-policy, KL(π_B ‖ π_A))."
-    missing = f"KL drift not measured (run `{KL_PROBE_COMMAND}`, not available yet)"
+        size = _classed(kl_mean_per_token, SMALL_KL_NATS, LARGE_KL_NATS, "drift")
+        reading = f"KL drift: {kl_mean_per_token:.3g} nats per token (on-policy, KL(π_B ‖ π_A)), {size}"
+        if kl_p95_per_token is not None:
+            reading += f"; 95th percentile {kl_p95_per_token:.3g}"
+        if relative_update_norm is not None:
+            reading += f"; in weight space ‖Δ‖/‖W0‖ = {_sci(relative_update_norm)}"
+        return reading + "."
+    missing = f"KL drift not measured (run `{KL_PROBE_COMMAND}` and pass `--kl kl.json`)"
     if relative_update_norm is None:
         return f"{missing}; no relative update norm either (W0 = 0)."
-    if relative_update_norm < SMALL_UPDATE_NORM:
-        size = f"a small update (< {SMALL_UPDATE_NORM:g})"
-    elif relative_update_norm > LARGE_UPDATE_NORM:
-        size = f"a large update (> {LARGE_UPDATE_NORM:g})"
-    else:
-        size = f"a moderate update ({SMALL_UPDATE_NORM:g} … {LARGE_UPDATE_NORM:g})"
+    size = _classed(relative_update_norm, SMALL_UPDATE_NORM, LARGE_UPDATE_NORM, "update")
     return f"{missing}; in weight space ‖Δ‖/‖W0‖ = {_sci(relative_update_norm)}, {size}."
+
+
+def _classed(value: float, small: float, large: float, noun: str) -> str:
+    if value < small:
+        return f"a small {noun} (< {small:g})"
+    if value > large:
+        return f"a large {noun} (> {large:g})"
+    return f"a moderate {noun} ({small:g} … {large:g})"
+
+
+def fisher_reading(share: float | None, q_percent: float) -> str:
+    """Gate II, curvature: ratio = share / (q/100) of ‖Δ‖² on the top-q% Fisher coordinates →
+    "concentrated on high-curvature coordinates" (> FISHER_ALIGNED_RATIO), "avoids them"
+    (< FISHER_AVOIDED_RATIO), else "as chance"; no ratio without a share (Δ = 0)."""
+    if share is None:
+        return "no update energy to place on Fisher coordinates (Δ = 0)."
+    ratio = share / (q_percent / 100)
+    text = f"{_pct(share)} of ‖Δ‖² on the top-{q_percent:g}% Fisher coordinates ({ratio:.2g}× chance)"
+    if ratio > FISHER_ALIGNED_RATIO:
+        return f"concentrated on high-curvature coordinates: {text}."
+    if ratio < FISHER_AVOIDED_RATIO:
+        return f"avoids high-curvature coordinates: {text}."
+    return f"curvature alignment as chance: {text}."
 
 
 def principal_energy_reading(energy: float | None, baseline: float | None,

@@ -1,5 +1,6 @@
-"""Three-gate report: Gate I (KL drift, or what to run to measure it), Gate II (update geometry per
-module kind), Gate III (precision: bitwise sparsity, ULP distances, bf16 visibility). Each gate
+"""Three-gate report: Gate I (KL drift and its top tokens beside the relative update norm, or what
+to run to measure it), Gate II (update geometry per module kind; curvature alignment with the
+Fisher probe), Gate III (precision: bitwise sparsity, ULP distances, bf16 visibility). Each gate
 ends with a one-line reading from `reports.readings`; a missing input is stated, not hidden.
 
 >>> from reports.three_gate import render_three_gate_report
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dynamics.result import DiffResult
+from dynamics.series import KL_SCHEMA, principal_energy
 from reports import figures
 from reports.document import (
     Block,
@@ -26,11 +28,11 @@ from reports.document import (
     fmt_sci,
     write_report,
 )
-from reports.load import load_diff_doc
+from reports.load import FISHER_SCHEMA, load_diff_doc, load_document
 from reports.readings import (
-    KL_PROBE_COMMAND,
     OFF_PRINCIPAL_RATIO,
     ON_PRINCIPAL_RATIO,
+    fisher_reading,
     kl_reading,
     precision_reading,
     principal_energy_reading,
@@ -38,24 +40,31 @@ from reports.readings import (
 from reports.sections import fp32_hidden_by_bf16, hidden_blocks, subtitle, ulp_blocks, unpaired_blocks
 
 NAME = "three-gate"
+TOP_KL_TOKENS = 10
 OVERLAP_PERCENT = "10"  # mask size p (%) shown in the per-kind table; the figure shows every p
 
 
-def render_three_gate_report(doc: dict | DiffResult | str | Path, out_dir: Path) -> Path:
+def render_three_gate_report(doc: dict | DiffResult | str | Path, out_dir: Path,
+                             kl: dict | str | Path | None = None, fisher: dict | str | Path | None = None) -> Path:
     """Write `out_dir/three-gate.md`, `out_dir/three-gate.html` (self-contained), PNG figures in
     `out_dir/figures/three-gate-*.png` and their data in `out_dir/data/three-gate-*.csv`.
 
     Args:
         doc: a `dynamics.diff/1` document (dict), a `DiffResult`, or the path of its JSON file;
-            Gate II needs one made with `--geometry`, Gate I a KL probe (not available yet).
+            Gate II needs one made with `--geometry`.
         out_dir: folder to write into (created if missing; files are replaced atomically).
+        kl: the `dynamics.kl/1` document of the same pair (`dynamics probe kl --json`), for Gate I.
+        fisher: the `dynamics.fisher/1` document of the same pair (`dynamics probe fisher --json`),
+            for Gate II's curvature alignment.
     Returns:
         The path of the HTML page.
     """
     doc = load_diff_doc(doc)
+    kl = None if kl is None else load_document(kl, KL_SCHEMA)
+    fisher = None if fisher is None else load_document(fisher, FISHER_SCHEMA)
     out_dir = Path(out_dir)
-    gate1, reading1 = _gate_one(doc, out_dir)
-    gate2, reading2 = _gate_two(doc, out_dir)
+    gate1, reading1 = _gate_one(doc, kl, out_dir)
+    gate2, reading2 = _gate_two(doc, fisher, out_dir)
     gate3, reading3 = _gate_three(doc, out_dir)
     glance = Table(["gate", "reading"], [["I · KL anchor", reading1.text], ["II · geometry", reading2.text],
                                          ["III · precision", reading3.text]], numeric_from=2)
@@ -72,52 +81,117 @@ def render_three_gate_report(doc: dict | DiffResult | str | Path, out_dir: Path)
     return write_report(report, out_dir, NAME)
 
 
-def _gate_one(doc: dict, out_dir: Path) -> tuple[list[Block], Reading]:
+def _gate_one(doc: dict, kl: dict | None, out_dir: Path) -> tuple[list[Block], Reading]:
     relative = doc["summary"]["relative_update_norm"]
     kinds = list(doc["by_module_kind"])
     values = [doc["by_module_kind"][k]["relative_update_norm"] for k in kinds]
-    blocks: list[Block] = [
-        Note(f"No KL-drift measurement: KL(π_B ‖ π_A) per token on B's own samples needs a model-running probe. "
-             f"To fill this section run `{KL_PROBE_COMMAND}` (not available yet). Until then the weight-space "
-             "size of the update is shown below; it does not predict KL."),
-        Table(["model", "value"], [["relative update norm ‖Δ‖_F / ‖W0‖_F", fmt_sci(relative)],
-                                   ["‖Δ‖_F", fmt_sci(doc["summary"]["update_norm"])],
-                                   ["‖W0‖_F", fmt_sci(doc["summary"]["base_norm"])]]),
-        figures.emit(
-            out_dir, f"{NAME}-relative-update-norm",
-            figures.bars(kinds, values, "module kind", r"$\|\Delta\|_F\,/\,\|W_0\|_F$ (unitless)",
-                         "relative update norm per module kind",
-                         colours=[figures.KIND_COLOURS.get(k, "black") for k in kinds]),
-            "Relative update norm ‖Δ‖_F / ‖W0‖_F per module kind (all tensors of a kind pooled).",
-            ["module_kind", "relative_update_norm", "update_norm", "base_norm"],
-            [[k, v, doc["by_module_kind"][k]["update_norm"], doc["by_module_kind"][k]["base_norm"]]
-             for k, v in zip(kinds, values)]),
-    ]
-    return blocks, Reading("Gate I reading", kl_reading(None, relative))
+    weight_rows = [["relative update norm ‖Δ‖_F / ‖W0‖_F", fmt_sci(relative)],
+                   ["‖Δ‖_F", fmt_sci(doc["summary"]["update_norm"])],
+                   ["‖W0‖_F", fmt_sci(doc["summary"]["base_norm"])]]
+    if kl is None:
+        blocks: list[Block] = [
+            Note(f"No KL-drift measurement: KL(π_B ‖ π_A) per token on B's own samples needs the model-running "
+                 f"probe. To fill this section run `dynamics probe kl {doc['a']['path']} {doc['b']['path']} "
+                 f"--prompts P --json kl.json` and render again with `--kl kl.json`. Until then the weight-space "
+                 "size of the update is shown below; it does not predict KL."),
+            Table(["model", "value"], weight_rows),
+        ]
+    else:
+        blocks = _kl_blocks(kl, weight_rows)
+    blocks.append(figures.emit(
+        out_dir, f"{NAME}-relative-update-norm",
+        figures.bars(kinds, values, "module kind", r"$\|\Delta\|_F\,/\,\|W_0\|_F$ (unitless)",
+                     "relative update norm per module kind",
+                     colours=[figures.KIND_COLOURS.get(k, "black") for k in kinds]),
+        "Relative update norm ‖Δ‖_F / ‖W0‖_F per module kind (all tensors of a kind pooled).",
+        ["module_kind", "relative_update_norm", "update_norm", "base_norm"],
+        [[k, v, doc["by_module_kind"][k]["update_norm"], doc["by_module_kind"][k]["base_norm"]]
+         for k, v in zip(kinds, values)]))
+    mean, p95 = (None, None) if kl is None else (kl["kl_mean_per_token"], kl["kl_p95_per_token"])
+    return blocks, Reading("Gate I reading", kl_reading(mean, relative, p95))
 
 
-def _energy(means: dict | None) -> tuple[float | None, float | None]:
-    """(ρ_k, baseline): Δ-energy-weighted when present, else the mean over matrices."""
-    if not means:
-        return None, None
-    if "principal_energy_weighted" in means:
-        return means["principal_energy_weighted"], means["principal_energy_baseline_weighted"]
-    return means.get("principal_energy"), means.get("principal_energy_baseline")
+def _kl_blocks(kl: dict, weight_rows: list[list[str]]) -> list[Block]:
+    """KL drift beside the weight-space update size, and the tokens that carry most of the KL."""
+    def nats(key: str) -> str:
+        return fmt_general(kl.get(key), 4)
+
+    table = Table(["model", "value"], [
+        ["KL(π_B ‖ π_A), mean per token (nats)", nats("kl_mean_per_token")],
+        ["… median per token (nats)", nats("kl_median_per_token")],
+        ["… 95th percentile per token (nats)", nats("kl_p95_per_token")],
+        ["reverse KL(π_A ‖ π_B), mean per token (nats)", nats("kl_reverse_mean_per_token")],
+        ["KL per sequence, mean (nats)", nats("kl_mean_per_sequence")],
+        ["scored tokens / sequences", f"{fmt_count(kl.get('tokens'))} / {fmt_count(kl.get('sequences'))}"],
+        *weight_rows,
+    ], caption=f"KL measured between `{kl.get('base')}` (π_A) and `{kl.get('tuned')}` (π_B), "
+               "teacher-forced on π_B's samples, full vocabulary.")
+    top = sorted(kl.get("top_tokens") or [], key=lambda t: -(t.get("kl_sum") or 0.0))[:TOP_KL_TOKENS]
+    if not top:
+        return [table, Paragraph("The KL document lists no top tokens.")]
+    tokens = Table(["token", "token id", "count", "KL sum (nats)", "KL mean (nats)"],
+                   [[f"`{_visible(t['token'])}`", str(t["token_id"]), fmt_count(t["count"]),
+                     fmt_general(t["kl_sum"], 4), fmt_general(t["kl_mean"], 4)] for t in top],
+                   caption=f"Tokens carrying the most KL (top {len(top)} by summed KL over their occurrences)")
+    return [table, tokens]
+
+
+def _visible(token: str) -> str:
+    """Whitespace and backticks shown, so a token reads the same in Markdown and HTML."""
+    return token.replace("`", "ˋ").replace("\n", "\\n").replace("\t", "\\t").replace(" ", "␣") or "∅"
 
 
 def _ratio(means: dict | None) -> float | None:
-    energy, baseline = _energy(means)
+    energy, baseline = principal_energy(means)
     return energy / baseline if energy is not None and baseline else None
 
 
-def _gate_two(doc: dict, out_dir: Path) -> tuple[list[Block], Reading]:
+def _gate_two(doc: dict, fisher: dict | None, out_dir: Path) -> tuple[list[Block], Reading]:
+    blocks, reading = _geometry_blocks(doc, out_dir)
+    if fisher is None:
+        blocks.append(Note(
+            f"No curvature alignment: run `dynamics probe fisher {doc['a']['path']} {doc['b']['path']} --prompts P "
+            "--json fisher.json` and render again with `--fisher fisher.json` to see how much of ‖Δ‖² falls on "
+            "the base model's high-Fisher coordinates."))
+        return blocks, Reading("Gate II reading", reading)
+    fisher_blocks, curvature = _fisher_blocks(fisher, out_dir)
+    return blocks + fisher_blocks, Reading("Gate II reading", f"{reading} Curvature: {curvature}")
+
+
+def _fisher_blocks(fisher: dict, out_dir: Path) -> tuple[list[Block], str]:
+    """Share of ‖Δ‖² on the base's top-q% diagonal-Fisher coordinates against the chance level q."""
+    model = fisher["model"]
+    percents = [float(q) for q in fisher["q_percent"]]
+    shares = [model["share_top_q"].get(f"{q:g}") for q in percents]
+    ratios = [None if v is None else v / (q / 100) for q, v in zip(percents, shares)]
+    table = Table(["top-q% Fisher coordinates", "share of ‖Δ‖²", "chance", "share / chance"],
+                  [[f"q = {q:g}%", fmt_fraction(v), fmt_fraction(q / 100), fmt_general(r)]
+                   for q, v, r in zip(percents, shares, ratios)],
+                  caption=f"Diagonal empirical Fisher of the base on {fmt_count(fisher.get('samples'))} of its "
+                          f"own samples over {len(fisher.get('tensors') or [])} tensors; median Spearman ρ(|Δ|, F) "
+                          f"over tensors = {fmt_general(model.get('spearman_median'))}")
+    figure = figures.emit(
+        out_dir, f"{NAME}-fisher",
+        figures.overlap_vs_chance(percents, {"share of ‖Δ‖² (model)": shares},
+                                  xlabel="top-q% Fisher coordinates (q, % of elements)",
+                                  ylabel="share of ‖Δ‖² on them (%)", title="curvature alignment vs chance",
+                                  chance_label="chance (share = q)"),
+        "Share of the update's energy ‖Δ‖² on each tensor's top-q% diagonal-Fisher coordinates (all tensors "
+        "pooled), against chance (dashed).",
+        ["q_percent", "share_top_q", "chance"], [[q, v, q / 100] for q, v in zip(percents, shares)])
+    smallest = min(range(len(percents)), key=lambda i: percents[i])
+    return [Paragraph("Curvature alignment (Fisher probe):"), table, figure], \
+        fisher_reading(shares[smallest], percents[smallest])
+
+
+def _geometry_blocks(doc: dict, out_dir: Path) -> tuple[list[Block], str]:
     geometry = doc.get("geometry")
     if not geometry or not geometry.get("summary"):
         why = ("the diff was made without the matrix pass" if not geometry
                else "no 2-D weight was measured (every matrix was skipped)")
         text = (f"No update geometry: {why}. Rerun `dynamics diff A B --geometry --json diff.json` "
                 "(add `--rank-k K` to choose the top-k subspace, default 64) and render this report from that file.")
-        return [Note(text)], Reading("Gate II reading", "not measured — rerun `dynamics diff A B --geometry`.")
+        return [Note(text)], "geometry not measured — rerun `dynamics diff A B --geometry`."
     summary = geometry["summary"]
     by_kind = {k: m for k, m in geometry["by_module_kind"].items() if m}
     kinds = list(by_kind)
@@ -125,7 +199,7 @@ def _gate_two(doc: dict, out_dir: Path) -> tuple[list[Block], Reading]:
     p = OVERLAP_PERCENT if OVERLAP_PERCENT in percents else percents[0]
 
     def line(label: str, m: dict) -> list[str]:
-        energy, baseline = _energy(m)
+        energy, baseline = principal_energy(m)
         return [label, fmt_count(m["matrices"]), fmt_general(m["k"]), fmt_general(m["principal_angle_max_deg"]),
                 fmt_sci(m["spectrum_drift_mean"]), fmt_general(energy), fmt_general(baseline), fmt_general(_ratio(m)),
                 fmt_fraction(m["principal_mask_overlap"].get(p), 3), fmt_fraction(m["low_magnitude_mask_overlap"].get(p), 3)]
@@ -156,7 +230,7 @@ def _gate_two(doc: dict, out_dir: Path) -> tuple[list[Block], Reading]:
                             (1e-6, OFF_PRINCIPAL_RATIO, "tab:orange", f"off-principal (< {OFF_PRINCIPAL_RATIO:g})")]),
         "Update energy in the top-k principal block over the random-direction baseline k²/(m·n), per module kind.",
         ["module_kind", "principal_energy", "principal_energy_baseline", "ratio"],
-        [[k, *_energy(by_kind[k]), r] for k, r in zip(kinds, ratios)]))
+        [[k, *principal_energy(by_kind[k]), r] for k, r in zip(kinds, ratios)]))
     angles = [by_kind[k]["principal_angle_max_deg"] for k in kinds]
     drift = [by_kind[k]["spectrum_drift_mean"] for k in kinds]
     blocks.append(figures.emit(
@@ -183,9 +257,8 @@ def _gate_two(doc: dict, out_dir: Path) -> tuple[list[Block], Reading]:
         "against chance (dashed), mean over matrices.",
         ["p_percent", "principal_mask_overlap", "low_magnitude_mask_overlap"],
         [[q, a, b] for q, a, b in zip(percents, principal, low)]))
-    energy, baseline = _energy(summary)
-    reading = principal_energy_reading(energy, baseline, summary["principal_angle_max_deg"])
-    return blocks, Reading("Gate II reading", reading)
+    energy, baseline = principal_energy(summary)
+    return blocks, principal_energy_reading(energy, baseline, summary["principal_angle_max_deg"])
 
 
 def _gate_three(doc: dict, out_dir: Path) -> tuple[list[Block], Reading]:

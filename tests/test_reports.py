@@ -10,8 +10,21 @@ import torch
 
 from dynamics import diff
 from reports.load import ReportError, load_diff_doc, pooled_metrics
-from reports.readings import (HIDDEN_MOSTLY, KL_PROBE_COMMAND, OFF_PRINCIPAL_RATIO, ON_PRINCIPAL_RATIO,
-                              SPARSE_BITWISE, kl_reading, precision_reading, principal_energy_reading)
+from reports.readings import (
+    FISHER_ALIGNED_RATIO,
+    FISHER_AVOIDED_RATIO,
+    HIDDEN_MOSTLY,
+    KL_PROBE_COMMAND,
+    LARGE_KL_NATS,
+    OFF_PRINCIPAL_RATIO,
+    ON_PRINCIPAL_RATIO,
+    SMALL_KL_NATS,
+    SPARSE_BITWISE,
+    fisher_reading,
+    kl_reading,
+    precision_reading,
+    principal_energy_reading,
+)
 from reports.sparsity import render_sparsity_report
 from reports.three_gate import render_three_gate_report
 from tests.checkpoint_factory import write_safetensors
@@ -151,4 +164,93 @@ def test_kl_reading_names_the_missing_probe_and_classes_the_update_norm():
     assert KL_PROBE_COMMAND in kl_reading(None, 0.18)
     assert "a large update" in kl_reading(None, 0.18)
     assert "a moderate update" in kl_reading(None, 5e-3)
-    assert kl_reading(0.012, 1e-4) == "KL drift: 0.012 nats per token (on-policy, KL(π_B ‖ π_A))."
+    assert kl_reading(0.012, 1e-4) == ("KL drift: 0.012 nats per token (on-policy, KL(π_B ‖ π_A)), a moderate "
+                                       "drift (0.01 … 0.1); in weight space ‖Δ‖/‖W0‖ = 1.00e-04.")
+
+
+@pytest.mark.parametrize("mean, words", [(0.003, "a small drift (< 0.01)"), (SMALL_KL_NATS, "a moderate drift"),
+                                         (LARGE_KL_NATS, "a moderate drift"), (0.25, "a large drift (> 0.1)")])
+def test_kl_reading_classes_the_measured_drift(mean, words):
+    reading = kl_reading(mean, None, kl_p95_per_token=0.5)
+    assert words in reading and reading.endswith("; 95th percentile 0.5.")
+
+
+@pytest.mark.parametrize("share, starts", [
+    (0.05, "concentrated on high-curvature coordinates: 5.0% of ‖Δ‖² on the top-1% Fisher coordinates (5× chance)"),
+    (0.003, "avoids high-curvature coordinates: 0.3% of ‖Δ‖²"),
+    (0.01, "curvature alignment as chance: 1.0%"),
+    (FISHER_ALIGNED_RATIO * 0.01, "curvature alignment as chance"),  # thresholds are strict
+    (FISHER_AVOIDED_RATIO * 0.01, "curvature alignment as chance"),
+    (None, "no update energy"),
+])
+def test_fisher_reading_thresholds(share, starts):
+    assert fisher_reading(share, 1).startswith(starts)
+
+
+def _kl_doc(base="base", tuned="tuned"):
+    """A hand-written dynamics.kl/1 document (the probe's contract)."""
+    return {"schema": "dynamics.kl/1", "base": base, "tuned": tuned, "kl_mean_per_token": 0.0123,
+            "kl_median_per_token": 0.004, "kl_p95_per_token": 0.061, "kl_reverse_mean_per_token": None,
+            "kl_mean_per_sequence": 0.79, "tokens": 6400, "sequences": 100,
+            "top_tokens": [{"token": " the", "token_id": 5, "count": 300, "kl_sum": 2.5, "kl_mean": 0.0083},
+                           {"token": "\\boxed", "token_id": 77, "count": 40, "kl_sum": 9.25, "kl_mean": 0.231},
+                           {"token": "`", "token_id": 9, "count": 3, "kl_sum": 0.1, "kl_mean": 0.033}],
+            "sampling": {"samples_per_prompt": 4, "temperature": 1.0}}
+
+
+def _fisher_doc():
+    """A hand-written dynamics.fisher/1 document (the probe's contract)."""
+    return {"schema": "dynamics.fisher/1", "base": "base", "tuned": "tuned", "q_percent": [1, 5, 10], "samples": 64,
+            "tensors": [{"name": "model.layers.0.self_attn.q_proj.weight", "share_top_q": {"1": 0.002, "5": 0.02,
+                         "10": 0.05}, "spearman": -0.1, "n_changed": 80}],
+            "model": {"share_top_q": {"1": 0.003, "5": 0.021, "10": 0.048}, "spearman_median": -0.1}}
+
+
+def test_three_gate_with_kl_and_fisher_shows_them_beside_the_weight_numbers(docs, tmp_path):
+    kl_path = tmp_path / "kl.json"
+    kl_path.write_text(json.dumps(_kl_doc()))
+    html_path = render_three_gate_report(docs["bf16"], tmp_path / "out", kl=kl_path, fisher=_fisher_doc())
+    markdown = html_path.with_suffix(".md").read_text()
+    gate1 = markdown.split("## Gate I")[1].split("## Gate II")[0]
+    assert "| KL(π_B ‖ π_A), mean per token (nats) | 0.0123 |" in gate1
+    assert "| … 95th percentile per token (nats) | 0.061 |" in gate1
+    assert "relative update norm ‖Δ‖_F / ‖W0‖_F" in gate1
+    assert "Missing input" not in gate1
+    # top tokens by summed KL, whitespace and backticks made visible
+    token_rows = [line for line in gate1.splitlines() if line.startswith("| `")]
+    assert [row.split("|")[1].strip() for row in token_rows] == ["`\\boxed`", "`␣the`", "`ˋ`"]
+    assert "a moderate drift" in gate1 and "95th percentile 0.061" in gate1
+    gate2 = markdown.split("## Gate II")[1].split("## Gate III")[0]
+    assert "| q = 1% | 0.0030 | 0.0100 | 0.3 |" in gate2
+    assert "Curvature: avoids high-curvature coordinates: 0.3% of ‖Δ‖² on the top-1% Fisher coordinates" in gate2
+    rows = list(csv.DictReader((tmp_path / "out" / "data" / "three-gate-fisher.csv").open()))
+    assert [(r["q_percent"], r["share_top_q"]) for r in rows] == [("1.0", "0.003"), ("5.0", "0.021"), ("10.0", "0.048")]
+
+
+def test_three_gate_without_kl_or_fisher_names_both_probe_commands(docs, tmp_path):
+    markdown = render_three_gate_report(docs["bf16"], tmp_path).with_suffix(".md").read_text()
+    assert f"dynamics probe kl {docs['bf16']['a']['path']} {docs['bf16']['b']['path']} --prompts P --json kl.json" \
+        in markdown
+    assert "--fisher fisher.json" in markdown and "dynamics probe fisher" in markdown
+
+
+def test_three_gate_rejects_a_kl_file_of_another_schema(docs, tmp_path):
+    bad = tmp_path / "kl.json"
+    bad.write_text(json.dumps({"schema": "dynamics.fisher/1"}))
+    with pytest.raises(ReportError, match="kl.json: expected a dynamics.kl/1 document"):
+        render_three_gate_report(docs["bf16"], tmp_path, kl=bad)
+
+
+def test_report_command_passes_kl_and_fisher_to_the_three_gate_report(docs, tmp_path, capsys):
+    from dynamics.cli import main
+
+    (tmp_path / "diff.json").write_text(json.dumps(docs["bf16"]))
+    (tmp_path / "kl.json").write_text(json.dumps(_kl_doc()))
+    (tmp_path / "fisher.json").write_text(json.dumps(_fisher_doc()))
+    assert main(["report", "three-gate", str(tmp_path / "diff.json"), "-o", str(tmp_path / "out"),
+                 "--kl", str(tmp_path / "kl.json"), "--fisher", str(tmp_path / "fisher.json")]) == 0
+    markdown = (tmp_path / "out" / "three-gate.md").read_text()
+    assert "0.0123" in markdown and "Curvature:" in markdown
+    assert main(["report", "sparsity", str(tmp_path / "diff.json"), "-o", str(tmp_path / "s"),
+                 "--kl", str(tmp_path / "kl.json")]) == 2
+    assert "belong to the three-gate report" in capsys.readouterr().err
