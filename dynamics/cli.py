@@ -27,25 +27,17 @@ def _cmd_diff(args: argparse.Namespace) -> None:
         print(f"wrote {args.h5}")
 
 
-DEMO_RANK_K = 8  # the demo's matrices are 64 wide: a top-8 block is "principal", as k = 64 is for 3584
-
-
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from dynamics.demo_training import make_demo_checkpoints
+    from probes.lab.demo import DEMO_RANK_K, run_demo
 
-    out = Path(args.out)
-    folders = make_demo_checkpoints(out / "checkpoints", seed=args.seed, progress=not args.quiet)
-    columns = {
-        "rl (bf16)": ("base", "rl"), "sft (bf16)": ("base", "sft"),
-        "rl (fp32 master)": ("base_fp32", "rl_fp32"), "sft (fp32 master)": ("base_fp32", "sft_fp32"),
-    }
-    results = {}
-    for label, (a, b) in columns.items():
-        results[label] = diff(folders[a], folders[b], device=args.device, geometry=True, rank_k=DEMO_RANK_K)
-        write_json(results[label], out / f"diff-{a}-vs-{b}.json")
-    print(f"\nEach fine-tuned copy against the base (checkpoints in {out / 'checkpoints'}):\n")
-    print(format_side_by_side(results))
-    print(f"\nfull diffs: {out}/diff-*.json; inspect one with: dynamics diff {folders['base']} {folders['rl']}")
+    demo = run_demo(Path(args.out), seed=args.seed, device=args.device, progress=not args.quiet)
+    print(f"\nEach run's last checkpoint against the base {demo.base_dir} "
+          f"(bf16; fp32 masters against their fp32 start; geometry at k={DEMO_RANK_K}):\n")
+    print(format_side_by_side(demo.diffs))
+    print(f"\nlab runs: {demo.lab_dir} (manifest.json, checkpoints, generations.jsonl per run)")
+    print(f"full diffs: {demo.diff_paths['true'].parent}/*.json")
+    for label, path in demo.reports.items():
+        print(f"report {label}: {path}")
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -131,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_series)
 
-    p = sub.add_parser("demo", help="train a tiny model, fine-tune RL-like and SFT-like copies, diff both")
-    p.add_argument("--out", default="demo-out", help="folder for checkpoints and diffs (default demo-out)")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="tiny lab study on the CPU (GRPO with true and spurious rewards, SFT), "
+                                    "each run diffed against the base, reports")
+    p.add_argument("--out", default="demo-out", help="folder for the lab runs, diffs and reports (default demo-out)")
+    p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(run=_cmd_demo)

@@ -1,14 +1,33 @@
 import json
 
+from lab_fixture import micro_lab_config
+
+import probes.lab.demo
 from dynamics.cli import main
 
 
-def test_demo_prints_side_by_side_and_writes_diffs(tmp_path, capsys):
+def test_demo_trains_the_lab_prints_side_by_side_and_writes_diffs_and_reports(tmp_path, capsys, monkeypatch):
+    # The demo's own preset (tiny) takes a minute and a half; the micro preset runs the same road in seconds.
+    monkeypatch.setitem(probes.lab.demo.LAB_PRESETS, "tiny", micro_lab_config())
     assert main(["demo", "--out", str(tmp_path), "-q", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "rl (bf16)" in out and "sft (fp32 master)" in out and "hidden by bf16" in out
-    rl = json.loads((tmp_path / "diff-base-vs-rl.json").read_text())["summary"]
-    sft = json.loads((tmp_path / "diff-base-vs-sft.json").read_text())["summary"]
+    for column in ("true", "format", "random", "incorrect", "noisy-0.3", "sft", "true (fp32)", "sft (fp32)"):
+        assert column in out
+    assert "hidden by bf16" in out and "report three-gate sft" in out
+    manifest = json.loads((tmp_path / "lab" / "manifest.json").read_text())
+    assert [e["seed"] for e in manifest["runs"]] == [1] * 6
+    rl = json.loads((tmp_path / "diffs" / "random.json").read_text())["summary"]
+    sft = json.loads((tmp_path / "diffs" / "sft.json").read_text())["summary"]
     assert rl["bitwise_sparsity"] > sft["bitwise_sparsity"]
-    masters = json.loads((tmp_path / "diff-base_fp32-vs-rl_fp32.json").read_text())["summary"]
+    masters = json.loads((tmp_path / "diffs" / "sft-fp32.json").read_text())["summary"]
     assert masters["hidden_by_bf16"] > 0
+    for name in ("sparsity-true/sparsity.html", "three-gate-sft/three-gate.html"):
+        assert (tmp_path / "reports" / name).is_file()
+
+
+def test_demo_refuses_a_folder_that_already_holds_a_lab(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(probes.lab.demo.LAB_PRESETS, "tiny", micro_lab_config())
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "manifest.json").write_text("{}")
+    assert main(["demo", "--out", str(tmp_path), "-q", "--device", "cpu"]) == 2
+    assert "already holds a lab study" in capsys.readouterr().err

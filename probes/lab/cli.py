@@ -22,6 +22,8 @@ def add_lab_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--rewards", nargs="+", default=None,
                    help="subset of: true format random incorrect noisy-<p> sft (default: all)")
+    p.add_argument("--save-fp32", action="store_true",
+                   help="also save the fp32 master weights of every run under <run>/fp32/checkpoint-<N> (N from 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(run=_cmd_lab_run)

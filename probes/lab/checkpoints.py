@@ -1,0 +1,42 @@
+"""Save and load lab checkpoints: HF folders with the tokenizer files, stored in bf16 (fp32 masters on request).
+
+Training keeps fp32 master weights; a saved bf16 checkpoint is a rounded copy, as mixed-precision trainers
+write them. A fine-tuning run starts from the bf16 base upcast to fp32, as RLVR starts from a released bf16
+model: a weight that no update pushes across a bf16 rounding boundary keeps its stored bits.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
+from transformers.utils import logging as transformers_logging
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step}"
+
+
+def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, folder: Path,
+                    dtype: torch.dtype) -> Path:
+    """Write a `dtype` copy of `model` and the tokenizer files into `folder`; the master model is untouched."""
+    stored = copy.deepcopy(model).to(dtype)
+    bars_were_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        stored.save_pretrained(folder)
+    finally:
+        if bars_were_enabled:
+            transformers_logging.enable_progress_bar()
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def load_for_training(folder: Path, device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A local checkpoint as fp32 master weights on `device`, with its tokenizer (no remote code)."""
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True,
+                                                 trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    return model.to(device), tokenizer
