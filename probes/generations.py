@@ -14,7 +14,7 @@ Missing optional fields take the defaults below, so a file with only prompt/resp
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -86,15 +86,10 @@ def read_generations(path: str | Path) -> list[Generation]:
     return out
 
 
-def iter_dicts(generations: Iterable[Generation]) -> Iterator[dict]:
-    for g in generations:
-        yield asdict(g)
-
-
 def write_generations(generations: Iterable[Generation], path: str | Path, append: bool = False) -> None:
     """Write (or append to) a generations jsonl file; a fresh file is written atomically."""
     path = Path(path)
-    text = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in iter_dicts(generations))
+    text = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in map(asdict, generations))
     if append and path.exists():
         with path.open("a") as f:
             f.write(text)
