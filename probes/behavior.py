@@ -25,11 +25,23 @@ import numpy as np
 
 from dynamics.errors import DynamicsError
 from dynamics.outputs import atomic_path, finite_json
-from probes.features import (REASONING_KEYWORDS, VERIFIER, has_boxed_answer, is_correct, keyword_hits,
-                             response_length, uses_code_reasoning)
+from probes.features import (
+    REASONING_KEYWORDS,
+    VERIFIER,
+    has_boxed_answer,
+    is_correct,
+    keyword_hits,
+    response_length,
+    uses_code_reasoning,
+)
 from probes.generations import Generation, read_generations
-from probes.statistics import (bootstrap_mean_ci, paired_difference_ci, paired_permutation_p, seed_interval,
-                               unpaired_difference_ci)
+from probes.statistics import (
+    bootstrap_mean_ci,
+    paired_difference_ci,
+    paired_permutation_p,
+    seed_interval,
+    unpaired_difference_ci,
+)
 
 SCHEMA = "dynamics.behavior/1"
 METRICS = ("accuracy", "code_rate", "keyword_rate", "format_rate", "length")
@@ -219,9 +231,9 @@ def format_behavior(result: BehaviorResult) -> str:
                          f"  ({s.n_seeds} seeds)")
     smallest = min(g.n_prompts for g in result.groups)
     if smallest < SMALL_BENCHMARK_PROMPTS:
-        lines += ["", f"warning: small benchmark ({smallest} prompts in the smallest group, < "
-                      f"{SMALL_BENCHMARK_PROMPTS}): differences of a few points are within seed-to-seed noise; "
-                      "read the intervals, not the means."]
+        lines += ["", (f"warning: small benchmark ({smallest} prompts in the smallest group, < "
+                       f"{SMALL_BENCHMARK_PROMPTS}): differences of a few points are within seed-to-seed noise; "
+                       "read the intervals, not the means.")]
     return "\n".join(lines)
 
 

@@ -4,8 +4,16 @@ import threading
 
 import pytest
 
-from probes.features import (REASONING_KEYWORDS, answers_match, final_answer, has_boxed_answer, is_correct,
-                             keyword_hits, response_length, uses_code_reasoning)
+from probes.features import (
+    REASONING_KEYWORDS,
+    answers_match,
+    final_answer,
+    has_boxed_answer,
+    is_correct,
+    keyword_hits,
+    response_length,
+    uses_code_reasoning,
+)
 
 CODE_POSITIVE = [
     "```python\nx = 3 + 4\nprint(x)\n```\nThe answer is \\boxed{7}.",

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from probes.statistics import (bootstrap_mean_ci, paired_difference_ci, paired_permutation_p, seed_interval,
-                               unpaired_difference_ci)
+from probes.statistics import (
+    bootstrap_mean_ci,
+    paired_difference_ci,
+    paired_permutation_p,
+    seed_interval,
+    unpaired_difference_ci,
+)
 
 
 def test_bootstrap_of_a_constant_is_the_constant():
