@@ -45,6 +45,11 @@ def _cmd_report(args: argparse.Namespace) -> None:
     from reports.sparsity import render_sparsity_report
     from reports.three_gate import render_three_gate_report
 
+    if args.kind == "compare":
+        _report_compare(args)
+        return
+    if args.manifest:
+        raise DynamicsError(f"report {args.kind}: --manifest belongs to the compare report")
     if len(args.inputs) == 1:
         source = load_diff_doc(args.inputs[0])
     elif len(args.inputs) == 2:
@@ -58,6 +63,33 @@ def _cmd_report(args: argparse.Namespace) -> None:
         print(f"wrote {render_sparsity_report(source, Path(args.out))}")
     else:
         print(f"wrote {render_three_gate_report(source, Path(args.out), kl=args.kl, fisher=args.fisher)}")
+
+
+def _report_compare(args: argparse.Namespace) -> None:
+    """Each run's series (geometry on, cached under RUN/series) and the behavior probe over the runs'
+    generations.jsonl, relabelled with the runs' labels, rendered side by side."""
+    from dataclasses import replace
+
+    from dynamics.series import find_runs, series
+    from probes.behavior import behavior_probe
+    from probes.generations import read_generations
+    from reports.compare import render_compare_report
+
+    if args.kl or args.fisher:
+        raise DynamicsError("report compare: --kl and --fisher belong to the three-gate report")
+    runs = find_runs(args.inputs, args.manifest)
+    results = [series(run.path, base=run.base, geometry=True, rank_k=args.rank_k, device=args.device, labels=run,
+                      progress=not args.quiet) for run in runs]
+    print(f"{len(runs)} run folders: {sum(r.diffs_computed for r in results)} diffs computed, "
+          f"{sum(r.diffs_cached for r in results)} reused from each run's series/cache")
+    with_generations = [run for run in runs if (run.path / "generations.jsonl").is_file()]
+    generations = [replace(g, run=run.run, seed=run.seed, reward=run.reward) for run in with_generations
+                   for g in read_generations(run.path / "generations.jsonl")]
+    behavior = behavior_probe(generations).to_json() if generations else None
+    missing = [str(run.path) for run in runs if run not in with_generations]
+    print(f"behavior: {len(generations)} generations from {len(with_generations)} runs"
+          + (f"; no generations.jsonl in {', '.join(missing)}" if missing else ""))
+    print(f"wrote {render_compare_report([r.to_json() for r in results], behavior, Path(args.out))}")
 
 
 def _cmd_series(args: argparse.Namespace) -> None:
@@ -99,14 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_diff)
 
     p = sub.add_parser("report", help="render a report (Markdown + self-contained HTML, figures, data)")
-    p.add_argument("kind", choices=["sparsity", "three-gate"])
-    p.add_argument("inputs", nargs="+", help="BASE TUNED checkpoints, or one diff.json from `dynamics diff --json`")
+    p.add_argument("kind", choices=["sparsity", "three-gate", "compare"])
+    p.add_argument("inputs", nargs="*", help="sparsity, three-gate: BASE TUNED checkpoints, or one diff.json from "
+                                             "`dynamics diff --json`; compare: run folders (run.json) or lab folders "
+                                             "(manifest.json)")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--rank-k", type=int, default=64, help="top-k subspaces for the three-gate report's geometry")
+    p.add_argument("--rank-k", type=int, default=64, help="top-k subspaces for the geometry (three-gate, compare)")
     p.add_argument("--kl", type=Path, help="three-gate, Gate I: dynamics.kl/1 JSON of the same pair (probe kl --json)")
     p.add_argument("--fisher", type=Path,
                    help="three-gate, Gate II: dynamics.fisher/1 JSON of the same pair (probe fisher --json)")
+    p.add_argument("--manifest", type=Path, help="compare: JSON/YAML manifest labelling run folders "
+                                                 "(runs: [{path, run, reward, seed, base}])")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(run=_cmd_report)
 

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from dynamics.naming import MODULE_KINDS
 from dynamics.outputs import atomic_path
@@ -244,6 +244,16 @@ def overlap_vs_chance(percents: Sequence[float], curves: dict[str, Sequence[floa
     return fig
 
 
+def _plain_log_ticks(axis, values: Sequence[float | None]) -> None:
+    """Log-axis ticks as plain numbers (0.5, 1, 2 rather than 5×10⁻¹), evenly placed when the values
+    span less than a decade, where a log axis would otherwise label one tick or none."""
+    positive = [v for v in values if v is not None and v > 0]
+    if positive and math.log10(max(positive) / min(positive)) < 1:
+        axis.set_major_locator(MaxNLocator(nbins=5))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def step_curves(steps: Sequence[int], curves: Sequence[tuple[str, Sequence[float | None], str]], ylabel: str,
                 title: str, colour: str, unit_interval: bool = False, log: bool | None = None,
                 hlines: Sequence[tuple[float, str]] = (),
@@ -269,9 +279,7 @@ def step_curves(steps: Sequence[int], curves: Sequence[tuple[str, Sequence[float
         positive = [v for v in all_values if v is not None and v > 0]
         if positive:
             ax.set_ylim(min(positive) / 1.5, max(positive) * 1.5)
-        plain = FuncFormatter(lambda v, _: f"{v:g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain if math.log10(max(positive) / min(positive)) < 1 else NullFormatter())
+        _plain_log_ticks(ax.yaxis, positive)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
@@ -291,7 +299,7 @@ def scatter_grid(row_labels: Sequence[str], col_labels: Sequence[str], cells: Se
     point in its group's (colour, marker) with its y confidence interval as a vertical bar; a dotted
     line at y = 0; one legend for all panels."""
     n_rows, n_cols = len(row_labels), len(col_labels)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols + 1.8, 3.3 * n_rows), squeeze=False)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.9 * n_cols, 3.5 * n_rows), squeeze=False)
     for i, j in np.ndindex(n_rows, n_cols):
         ax = axes[i][j]
         for group, (colour, marker) in styles.items():
@@ -309,10 +317,11 @@ def scatter_grid(row_labels: Sequence[str], col_labels: Sequence[str], cells: Se
         ax.axhline(0, color="black", linestyle=":", linewidth=0.8)
         if log_cols[j]:
             ax.set_xscale("log")
-        ax.set_title(titles[i][j], fontsize=9)
-        ax.set_xlabel(col_labels[j], fontsize=9)
-        ax.set_ylabel(row_labels[i], fontsize=9)
-        ax.tick_params(labelsize=8)
+            _plain_log_ticks(ax.xaxis, [p[0] for p in cells[i][j]])
+        ax.set_title(titles[i][j], fontsize=10)
+        ax.set_xlabel(col_labels[j], fontsize=10)
+        ax.set_ylabel(row_labels[i], fontsize=10)
+        ax.tick_params(labelsize=9)
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=c, marker=m, linestyle="", label=g) for g, (c, m) in styles.items()]
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.98), fontsize=9, frameon=False,
@@ -343,11 +352,12 @@ def seed_spread(groups: Sequence[str], panels: dict[str, Sequence[Spread]], colo
                             color=colour, markersize=6, capsize=4, zorder=3)
         if ylabel in log_panels:
             ax.set_yscale("log")
+            _plain_log_ticks(ax.yaxis, values)
         elif values and min(values) < 0 < max(values):
             ax.axhline(0, color="black", linestyle=":", linewidth=0.8)
-        ax.set_ylabel(ylabel, fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=10)
         _kind_ticks(ax, x, groups)
-        ax.tick_params(labelsize=8)
+        ax.tick_params(labelsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

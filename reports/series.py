@@ -186,27 +186,31 @@ def _geometry_blocks(doc: dict, out_dir: Path, colour: str) -> list[Block]:
 
 def _kl_blocks(doc: dict, out_dir: Path, colour: str) -> list[Block]:
     steps = doc["steps"]
-    command = (f"dynamics probe kl {doc['base']} {steps[-1]['path']} --prompts P "
-               f"--json {out_dir / 'kl' / ('step_' + str(steps[-1]['step']) + '.json')}")
+    missing = [s for s in steps if s["kl"] is None]
+
+    def command(step: dict) -> str:
+        return (f"dynamics probe kl {doc['base']} {step['path']} --prompts P "
+                f"--json {out_dir / 'kl' / ('step_' + str(step['step']) + '.json')}")
+
+    if len(missing) == len(steps):
+        return [Note(f"No KL drift measured for any step. For each checkpoint run `{command(steps[-1])}` (step N "
+                     "in the file name), then rerun `dynamics series`, which picks up `kl/step_N.json` in its output "
+                     "folder; or pass `--kl N=kl.json` per step.")]
     measured = [s for s in steps if s["kl"] is not None]
-    if not measured:
-        return [Note(f"No KL drift measured for any step. For each checkpoint run `{command}` (step N in the "
-                     "file name), then rerun `dynamics series`, which picks up `kl/step_N.json` in its output folder; or pass "
-                     "`--kl N=kl.json` per step.")]
-    x = [s["step"] for s in steps]
-    mean = [_kl(s, "kl_mean_per_token") for s in steps]
-    p95 = [_kl(s, "kl_p95_per_token") for s in steps]
+    x = [s["step"] for s in measured]
+    mean = [s["kl"]["kl_mean_per_token"] for s in measured]
+    p95 = [s["kl"]["kl_p95_per_token"] for s in measured]
     fig = figures.step_curves(x, [("mean per token", mean, "-"), ("95th percentile per token", p95, ":")],
                               "KL(π_step ‖ π_base) (nats per token)", "KL drift from the base against step", colour)
     blocks: list[Block] = [figures.emit(
         out_dir, f"{NAME}-kl", fig,
-        "On-policy token-level KL of each checkpoint from the base, mean and 95th percentile per token.",
+        "On-policy token-level KL of each checkpoint from the base, mean and 95th percentile per token "
+        "(measured steps only).",
         ["step", "kl_mean_per_token", "kl_p95_per_token", "kl_median_per_token", "kl_mean_per_sequence", "source"],
-        [[s["step"], _kl(s, "kl_mean_per_token"), _kl(s, "kl_p95_per_token"), _kl(s, "kl_median_per_token"),
-          _kl(s, "kl_mean_per_sequence"), _kl(s, "source")] for s in steps])]
-    missing = [str(s["step"]) for s in steps if s["kl"] is None]
+        [[s["step"], *(s["kl"][k] for k in ("kl_mean_per_token", "kl_p95_per_token", "kl_median_per_token",
+                                             "kl_mean_per_sequence", "source"))] for s in measured])]
     if missing:
-        blocks.append(Paragraph(f"No KL for steps {', '.join(missing)} (gaps in the lines): run `{command}` "
-                                "with that step's checkpoint and file name."))
+        names = ", ".join(str(s["step"]) for s in missing)
+        blocks.append(Paragraph(f"No KL for step{'s' if len(missing) > 1 else ''} {names}: for each, run "
+                                f"`{command(missing[0])}` with that step's checkpoint and number."))
     return blocks
-

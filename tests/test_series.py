@@ -193,7 +193,7 @@ def test_series_report_renders_every_section_or_says_what_to_run(run_dir, tmp_pa
     out = tmp_path / "full"
     html_path = render_series_report(run_dir / "series" / "series.json", out)
     html = html_path.read_text()
-    assert "Missing input" not in html and "No KL for steps 2" in html
+    assert "Missing input" not in html and "No KL for step 2: for each, run" in html
     figures = sorted(p.stem for p in (out / "figures").glob("series-*.png"))
     assert figures == ["series-kl", "series-principal-energy", "series-rotation", "series-sparsity",
                        "series-update-norm"]
@@ -202,7 +202,7 @@ def test_series_report_renders_every_section_or_says_what_to_run(run_dir, tmp_pa
     assert [float(r["bitwise_sparsity_vs_base"]) for r in rows] == [s.vs_base["bitwise_sparsity"] for s in full.steps]
     assert rows[0]["bitwise_sparsity_vs_previous"] == ""
     kl_rows = list(csv.DictReader((out / "data" / "series-kl.csv").open()))
-    assert [r["kl_mean_per_token"] for r in kl_rows] == ["0.01", "", "0.03"]
+    assert [(r["step"], r["kl_mean_per_token"]) for r in kl_rows] == [("1", "0.01"), ("3", "0.03")]
     markdown = html_path.with_suffix(".md").read_text()
     assert f"| 3 | {full.steps[2].vs_base['bitwise_sparsity']:.4f} |" in markdown
 

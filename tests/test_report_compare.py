@@ -1,0 +1,193 @@
+"""`dynamics report compare`: runs found from run, lab and manifest folders; parameter metrics from the
+series beside behavior shifts that always carry their interval; Spearman ρ per panel; seed spread; one
+colour per reward in every figure."""
+
+import csv
+import json
+import random
+
+import numpy as np
+import pytest
+
+from dynamics.cli import main
+from dynamics.series import SeriesError, find_runs, read_manifest, series
+from probes.generations import REWARD_LABELS, Generation, reward_family, write_generations
+from reports.compare import _styles, rank_correlation, render_compare_report, shift_text
+from reports.palette import REWARD_COLOURS, reward_colour
+from tests.test_series import write_run
+
+RUNS = (("grpo-true", "true", 1e-3), ("grpo-random", "random", 5e-4), ("sft", "sft", 2e-2))
+SEEDS = (1, 2)
+STEPS = (0, 1, 2)  # step 0 = the base's generations
+PROMPTS = 12
+
+
+def _generations(run: str, reward: str, seed: int) -> list[Generation]:
+    """Step 0 (the base) and every checkpoint answer PROMPTS sums; the true-reward run gets better with
+    steps, and code-style answers fade in the SFT run."""
+    rng = random.Random(f"{run}-{seed}")
+    out = []
+    for step in STEPS:
+        for i in range(PROMPTS):
+            answer = 3 + i
+            right = rng.random() < 0.3 + (0.15 * step if reward == "true" else 0.02 * step)
+            code = rng.random() < (0.5 - 0.15 * step if reward == "sft" else 0.4)
+            body = "```python\nprint(1 + 2)\n```\n" if code else "Let's add them.\n"
+            out.append(Generation(prompt=f"What is 1 + {answer - 1}?", response=f"{body}\\boxed{{{answer if right else 0}}}",
+                                  prompt_id=f"p{i}", answer=str(answer), run=run, step=step, seed=seed, reward=reward))
+    return out
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A lab folder: three runs × two seeds, two bf16 checkpoints each, generations.jsonl, manifest.json."""
+    root = tmp_path_factory.mktemp("lab")
+    entries = []
+    for run, reward, scale in RUNS:
+        for seed in SEEDS:
+            run_dir = write_run(root, run, reward, seed, steps=STEPS[-1], scale=scale * seed)
+            write_generations(_generations(run, reward, seed), run_dir / "generations.jsonl")
+            entries.append({"run": run, "reward": reward, "seed": seed, "path": run_dir.name})
+    (root / "manifest.json").write_text(json.dumps({"schema": "dynamics.lab/1", "size": "test", "base": "base",
+                                                    "runs": entries}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def series_docs(lab):
+    return [series(run.path, base=run.base, geometry=True, rank_k=4, labels=run, device="cpu").to_json()
+            for run in find_runs([lab])]
+
+
+def _behavior_doc(docs, n_prompts=40):
+    """A hand-written dynamics.behavior/1 document for the runs of `docs`: accuracy shift = 0.1·step for
+    the true reward, code-rate shift = −0.05·step for everyone, each with a ±0.1 interval."""
+    shifts, seed_shifts = [], []
+    for doc in docs:
+        run = doc["run"]
+        for step in STEPS[1:]:
+            for metric, delta in (("accuracy", 0.1 * step if run["reward"] == "true" else 0.01 * run["seed"]),
+                                  ("code_rate", -0.05 * step - 0.01 * run["seed"])):
+                shifts.append({"run": run["run"], "seed": run["seed"], "reward": run["reward"], "from_step": 0,
+                               "to_step": step, "metric": metric, "delta": delta, "ci95": [delta - 0.1, delta + 0.1],
+                               "p_value": 0.04, "paired": True, "n_prompts": n_prompts})
+    for label in dict.fromkeys(d["run"]["run"] for d in docs):
+        for step in STEPS[1:]:
+            for metric in ("accuracy", "code_rate"):
+                deltas = [s["delta"] for s in shifts if s["run"] == label and s["to_step"] == step
+                          and s["metric"] == metric]
+                seed_shifts.append({"run": label, "reward": "x", "from_step": 0, "to_step": step, "metric": metric,
+                                    "n_seeds": len(deltas), "mean": float(np.mean(deltas)),
+                                    "std": float(np.std(deltas, ddof=1)) if len(deltas) > 1 else None,
+                                    "ci95": [-1.0, 1.0] if len(deltas) > 1 else None})
+    return {"schema": "dynamics.behavior/1", "verifier": "test", "length_unit": "words", "keywords": [],
+            "metrics": ["accuracy", "code_rate"], "groups": [], "shifts": shifts, "seed_shifts": seed_shifts}
+
+
+def test_lab_folder_run_folder_and_manifest_name_the_runs(lab, tmp_path):
+    runs = find_runs([lab])
+    assert [(r.run, r.reward, r.seed) for r in runs] == [(run, reward, seed) for run, reward, _ in RUNS
+                                                          for seed in SEEDS]
+    assert runs[0].base.resolve() == (lab / "base").resolve()
+    single = find_runs([lab / "sft-s2", lab / "sft-s2"])
+    assert [(r.run, r.seed) for r in single] == [("sft", 2)]
+    plain = lab.parent / "plain-run"
+    (plain / "checkpoint-1").mkdir(parents=True, exist_ok=True)
+    with pytest.raises(SeriesError, match="label it in --manifest"):
+        find_runs([plain])
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(f"base: {lab / 'base'}\nruns:\n  - path: {plain}\n    run: mine\n    reward: true\n"
+                        f"    seed: 3\n  - path: {lab / 'sft-s1'}\n    run: sft-relabelled\n")
+    labelled = find_runs([plain, lab / "sft-s1"], manifest)
+    assert [(r.run, r.reward, r.seed) for r in labelled] == [("mine", "true", 3), ("sft-relabelled", "sft", 1)]
+    assert labelled[0].base == lab / "base"  # the manifest's default base for a folder without run.json
+    (tmp_path / "bad.json").write_text(json.dumps({"runs": [{"run": "x"}]}))
+    with pytest.raises(SeriesError, match="run 1 needs a 'path'"):
+        read_manifest(tmp_path / "bad.json")
+
+
+def test_table_shows_series_numbers_and_shifts_with_their_intervals(series_docs, tmp_path):
+    behavior = _behavior_doc(series_docs)
+    markdown = render_compare_report(series_docs, behavior, tmp_path).with_suffix(".md").read_text()
+    row = next(line for line in markdown.splitlines() if line.startswith("| grpo-true |"))
+    bitwise = [d["steps"][-1]["vs_base"]["bitwise_sparsity_by_dtype"]["bfloat16"] for d in series_docs
+               if d["run"]["run"] == "grpo-true"]
+    assert f"{np.mean(bitwise):.4f} ± {np.std(bitwise, ddof=1):.4f}" in row
+    assert "+0.200 ± 0.000 [−1.000, +1.000]; p = 0.04 / 0.04" in row  # accuracy: mean ± std [CI]; p per seed
+    assert "**Small benchmark:** shifts rest on as few as 40 prompts" in markdown
+    one_seed = render_compare_report(series_docs[:1], behavior, tmp_path / "one").with_suffix(".md").read_text()
+    assert "+0.200 [+0.100, +0.300], p = 0.04 (n = 40)" in one_seed
+    assert "there is no spread across seeds" in one_seed
+
+
+def test_behavior_estimate_is_never_bare_below_100_prompts():
+    shift = {"delta": 0.0833, "ci95": [-0.021, 0.19], "p_value": 0.123, "n_prompts": 40}
+    assert shift_text(shift) == "+0.083 [−0.021, +0.190], p = 0.12 (n = 40)"
+    assert shift_text({**shift, "ci95": None}) == "no CI (n = 40 prompts)"
+    assert shift_text({**shift, "ci95": None, "n_prompts": 500}) == "+0.083, p = 0.12 (n = 500)"
+    assert shift_text(None) == "—"
+
+
+def test_scatter_panels_carry_spearman_of_their_points(series_docs, tmp_path):
+    render_compare_report(series_docs, _behavior_doc(series_docs), tmp_path)
+    rows = list(csv.DictReader((tmp_path / "data" / "compare-accuracy-vs-parameters.csv").open()))
+    assert len(rows) == len(series_docs) * (len(STEPS) - 1)  # every run, seed and checkpoint
+    x = [float(r["relative_update_norm"]) for r in rows]
+    y = [float(r["delta"]) for r in rows]
+    rho, p_value = rank_correlation(x, y)
+    markdown = (tmp_path / "compare.md").read_text()
+    assert f"| accuracy | relative_update_norm | {rho:.2g} | {p_value:.2g} | {len(rows)} |" in markdown
+    figures = sorted(p.name for p in (tmp_path / "figures").glob("compare-*.png"))
+    assert figures == ["compare-accuracy-vs-parameters.png", "compare-code-rate-vs-parameters.png",
+                       "compare-seed-spread.png"]
+    html = (tmp_path / "compare.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 3 and "<script" not in html
+
+
+def test_rank_correlation_hand_case_degenerate_cases_and_reference():
+    rho, p_value = rank_correlation([1, 2, 3, 4], [1, 3, 2, 4])
+    assert rho == pytest.approx(0.8) and 0 < p_value < 1
+    assert rank_correlation([1, 2], [2, 1]) == (None, None)
+    assert rank_correlation([1, 2, 3], [5, 5, 5]) == (None, None)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x, y = rng.normal(size=12), rng.normal(size=12)
+        rx, ry = np.argsort(np.argsort(x)).astype(np.float64), np.argsort(np.argsort(y)).astype(np.float64)
+        d = rx - ry
+        assert rank_correlation(list(x), list(y))[0] == pytest.approx(1 - 6 * (d @ d) / (12 * (12**2 - 1)))
+
+
+def test_one_colour_per_reward_family_and_markers_apart():
+    assert set(REWARD_COLOURS) == set(REWARD_LABELS)
+    assert len(set(REWARD_COLOURS.values())) == len(REWARD_COLOURS)
+    assert reward_colour("noisy-0.3") == REWARD_COLOURS[reward_family("noisy-0.3")] == REWARD_COLOURS["noisy"]
+    styles = _styles([("grpo-noisy-0.1", "noisy-0.1"), ("grpo-noisy-0.5", "noisy-0.5"), ("sft", "sft")])
+    assert styles["grpo-noisy-0.1"][0] == styles["grpo-noisy-0.5"][0] == REWARD_COLOURS["noisy"]
+    assert styles["grpo-noisy-0.1"][1] != styles["grpo-noisy-0.5"][1]
+    assert styles["sft"] == (REWARD_COLOURS["sft"], "o")
+
+
+def test_compare_command_runs_series_and_behavior_probe(lab, series_docs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["report", "compare", str(lab), "-o", str(out), "--rank-k", "4", "-q", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "6 run folders: 0 diffs computed, 18 reused" in printed  # the series fixture filled each run's cache
+    assert f"behavior: {len(RUNS) * len(SEEDS) * len(STEPS) * PROMPTS} generations from 6 runs" in printed
+    markdown = (out / "compare.md").read_text()
+    row = next(line for line in markdown.splitlines() if line.startswith("| grpo-true |"))
+    assert "(n = " not in row and " [" in row and "; p = " in row  # two seeds: across-seed interval, p per seed
+    assert (out / "figures" / "compare-accuracy-vs-parameters.png").exists()
+
+
+def test_compare_without_generations_says_how_to_write_them(lab, series_docs, tmp_path):
+    html = render_compare_report(series_docs, None, tmp_path).read_text()
+    assert "dynamics probe generate" in html and "Missing input" in html
+    assert not list((tmp_path / "figures").glob("compare-*-vs-parameters.png"))
+
+
+def test_compare_rejects_series_without_labels(series_docs, tmp_path):
+    from reports.load import ReportError
+
+    unlabelled = {**series_docs[0], "run": None}
+    with pytest.raises(ReportError, match="no run label"):
+        render_compare_report([unlabelled], None, tmp_path)
