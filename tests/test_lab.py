@@ -17,7 +17,7 @@ from dynamics.metrics import derived_metrics
 from probes.generations import read_generations
 from probes.lab.grpo import clipped_objective, group_advantages, kl_k3, sequence_mean
 from probes.lab.rewards import RewardError, make_reward
-from probes.lab.sampling import response_mask
+from probes.sampling import response_mask
 from probes.lab.study import LabError, last_checkpoint, run_study
 from probes.lab.tasks import (
     NO_SLIPS,

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from probes.lab.recorder import RunRecorder
 from probes.lab.rewards import Reward
-from probes.lab.sampling import Batch, decode_responses, generate, token_log_probs
+from probes.sampling import Batch, decode_responses, generate, token_log_probs
 from probes.lab.tasks import Problem
 from probes.lab.tokenizer import format_prompt
 

@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from probes.generations import Generation, write_generations
 from probes.lab.checkpoints import checkpoint_name, save_checkpoint
-from probes.lab.sampling import decode_responses, generate
+from probes.sampling import decode_responses, generate
 from probes.lab.tasks import Problem
 from probes.lab.tokenizer import format_prompt
 
