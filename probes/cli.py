@@ -90,7 +90,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run", default=None, help="run label written into every line (default: folder name)")
+    p.add_argument("--run", dest="run_label", default=None, help="run label written into every line (default: folder name)")
     p.add_argument("--step", type=int, default=0)
     p.add_argument("--reward", default="none")
     p.add_argument("--no-chat-template", action="store_true")

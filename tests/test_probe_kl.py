@@ -1,0 +1,105 @@
+"""KL drift: analytic KL on constant-logit models, exact zero for identical models, padding invariance."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from dynamics.cli import main
+from probes.kl import batch_token_kl, kl_drift, responses_batch, token_kl
+from probes.models import Prompt, load_model, load_tokenizer
+from tests.tiny_lm import constant_logits_lm, save_tiny_lm
+
+PROMPTS = [Prompt("Question: what is 2 + 3?\nAnswer:\n", "a"), Prompt("Question: 7?\nAnswer:\n", "b"),
+           Prompt("Q", "c")]
+
+
+def test_token_kl_by_hand():
+    # p = (1/2, 1/2), q = (1/4, 3/4): KL(p||q) = ½ln2 + ½ln(2/3); KL(q||p) = ¼ln(½) + ¾ln(3/2).
+    p, q = torch.log(torch.tensor([[0.5, 0.5]])), torch.log(torch.tensor([[0.25, 0.75]]))
+    forward, reverse = token_kl(p, q)
+    assert forward.item() == pytest.approx(0.5 * np.log(2) + 0.5 * np.log(2 / 3), rel=1e-6)
+    assert reverse.item() == pytest.approx(0.25 * np.log(0.5) + 0.75 * np.log(1.5), rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def constant_pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kl")
+    tokenizer_vocab = len(load_tokenizer(save_tiny_lm(root / "probe")))
+    rng = np.random.default_rng(0)
+    logits_b, logits_t = (torch.tensor(rng.normal(size=tokenizer_vocab), dtype=torch.float32) for _ in range(2))
+    base = save_tiny_lm(root / "base", model=constant_logits_lm(logits_b))
+    tuned = save_tiny_lm(root / "tuned", model=constant_logits_lm(logits_t))
+    p_t, p_b = torch.softmax(logits_t.double(), 0), torch.softmax(logits_b.double(), 0)
+    analytic = float((p_t * (p_t.log() - p_b.log())).sum()), float((p_b * (p_b.log() - p_t.log())).sum())
+    return base, tuned, analytic
+
+
+def test_constant_logit_models_give_the_analytic_kl(constant_pair):
+    base, tuned, (forward, reverse) = constant_pair
+    result = kl_drift(base, tuned, PROMPTS, samples_per_prompt=2, max_new_tokens=6, device="cpu")
+    assert result.tokens > 0
+    np.testing.assert_allclose(result.per_token.forward, forward, rtol=1e-5)
+    assert result.kl_mean_per_token == pytest.approx(forward, rel=1e-5)
+    assert result.kl_reverse_mean_per_token == pytest.approx(reverse, rel=1e-5)
+    assert result.kl_mean_per_sequence == pytest.approx(forward * result.tokens / result.sequences, rel=1e-5)
+
+
+def test_identical_models_give_exactly_zero(tmp_path):
+    model = save_tiny_lm(tmp_path / "m", seed=3)
+    result = kl_drift(model, model, PROMPTS, samples_per_prompt=2, max_new_tokens=8, device="cpu")
+    assert result.kl_mean_per_token == 0.0 and result.kl_reverse_mean_per_token == 0.0
+    assert np.all(result.per_token.forward == 0.0)
+
+
+def test_padding_and_batch_size_change_nothing(tmp_path):
+    base, tuned = save_tiny_lm(tmp_path / "b", seed=1), save_tiny_lm(tmp_path / "t", seed=2)
+    pairs = [("Question: what is 2 + 3?\nAnswer:\n", "5 apples"), ("Q", "The answer is \\boxed{9} because"),
+             ("Question: 7?", "x")]
+    one = kl_drift(base, tuned, responses=pairs, batch_size=1, device="cpu", chat_template=False)
+    many = kl_drift(base, tuned, responses=pairs, batch_size=3, device="cpu", chat_template=False)
+    np.testing.assert_allclose(one.per_token.forward, many.per_token.forward, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(one.per_token.token_id, many.per_token.token_id)
+    tokenizer = load_tokenizer(tuned)
+    assert one.tokens == sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for _, r in pairs)
+
+
+def test_padded_positions_contribute_zero(tmp_path):
+    base, tuned = save_tiny_lm(tmp_path / "b", seed=1), save_tiny_lm(tmp_path / "t", seed=2)
+    tokenizer = load_tokenizer(tuned)
+    batch = responses_batch(tokenizer, ["Q", "Question: 7?"], ["5", "The answer is 9"], torch.device("cpu"))
+    forward, reverse = batch_token_kl(load_model(tuned, torch.device("cpu")), load_model(base, torch.device("cpu")),
+                                      batch)
+    padded = batch.response_mask == 0
+    assert padded.any() and torch.all(forward[padded] == 0) and torch.all(reverse[padded] == 0)
+    assert torch.all(forward[~padded] > 0)
+
+
+def test_cli_writes_json_and_h5(tmp_path, constant_pair, capsys):
+    base, tuned, (forward, _) = constant_pair
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p.prompt}) for p in PROMPTS))
+    out, h5 = tmp_path / "kl.json", tmp_path / "kl.h5"
+    assert main(["probe", "kl", str(base), str(tuned), "--prompts", str(prompts), "--samples-per-prompt", "1",
+                 "--max-new-tokens", "4", "--device", "cpu", "--json", str(out), "--h5", str(h5), "-q"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "dynamics.kl/1" and doc["sequences"] == 3
+    assert doc["kl_mean_per_token"] == pytest.approx(forward, rel=1e-5)
+    assert {"token", "token_id", "count", "kl_sum", "kl_mean"} == set(doc["top_tokens"][0])
+    with h5py.File(h5) as f:
+        assert len(f["per_token/forward"]) == doc["tokens"]
+
+
+def test_cli_needs_exactly_one_source(tmp_path, capsys):
+    model = save_tiny_lm(tmp_path / "m")
+    assert main(["probe", "kl", str(model), str(model)]) == 2
+    assert "--prompts" in capsys.readouterr().err
+
+
+def test_missing_model_folder_is_one_line(tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "Q"}\n')
+    assert main(["probe", "kl", str(tmp_path / "nope"), str(tmp_path / "nope"), "--prompts", str(prompts)]) == 2
+    assert "nope" in capsys.readouterr().err
