@@ -94,7 +94,8 @@ def _group_by_run(docs: list[dict]) -> dict[str, list[dict]]:
 
 def _runs_subtitle(runs: dict[str, list[dict]], docs: list[dict]) -> str:
     rewards = dict.fromkeys(seeds[0]["run"]["reward"] for seeds in runs.values())
-    return f"{len(runs)} runs, {len(docs)} run × seed folders; rewards: {', '.join(rewards)}"
+    return (f"{len(runs)} run{'s' if len(runs) > 1 else ''}, {len(docs)} run × seed folder{'s' if len(docs) > 1 else ''}; "
+            f"rewards: {', '.join(rewards)}")
 
 
 def _behavior_subtitle(behavior: dict | None) -> str:
@@ -170,10 +171,18 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
 
 
 def _spread_text(values: list[float | None], number: str) -> str:
+    """"mean ± std" over the seeds that have a value, saying how many when some have none (Δ = 0)."""
     mean, std = _mean_std(values)
     if mean is None:
         return "—"
-    return f"{mean:{number}}" if std is None else f"{mean:{number}} ± {std:{number}}"
+    text = _unbroken(f"{mean:{number}}" if std is None else f"{mean:{number}} ± {std:{number}}")
+    present = sum(v is not None for v in values)
+    return text if present == len(values) else f"{text} ({present} of {len(values)} seeds)"
+
+
+def _unbroken(text: str) -> str:
+    """Keep "3.4e-03 ± 1.0e-03" on one line in HTML: U+2212 minus (no break after it) and no-break spaces."""
+    return text.replace("-", "−").replace(" ", "\u00a0")
 
 
 def _table_blocks(runs: dict[str, list[dict]], behavior: dict | None) -> list[Block]:
@@ -197,7 +206,8 @@ def _table_blocks(runs: dict[str, list[dict]], behavior: dict | None) -> list[Bl
     header = ["run", "reward", "seeds", "step", "bitwise sparsity (bf16)", "‖Δ‖/‖W0‖", "ρ_k / random",
               "Δ accuracy", "Δ code rate"]
     blocks: list[Block] = [Table(header, rows, numeric_from=len(header), caption=(
-        "Parameter metrics against the base at each run's last checkpoint (seed mean ± std when several seeds). "
+        "Parameter metrics against the base at each run's last checkpoint (seed mean ± std when several seeds; "
+        "ρ_k is undefined where Δ = 0). "
         "Behavior shifts from the run's first generations to that checkpoint: one seed → Δ [95% bootstrap CI over "
         "prompts], permutation p-value, n prompts; several seeds → mean ± std [95% t-interval across seeds] and "
         "each seed's p-value."))]
@@ -210,8 +220,7 @@ def _table_blocks(runs: dict[str, list[dict]], behavior: dict | None) -> list[Bl
         blocks.append(Paragraph(f"**Small benchmark:** shifts rest on as few as {smallest} prompts; at this size a "
                                 "model swings by several points between seeds, so read the intervals, not the point "
                                 "estimates."))
-    if any(parameter_value(d["steps"][-1], "principal_energy_ratio") is None for seeds in runs.values()
-           for d in seeds):
+    if any(d["steps"][-1]["vs_base"]["geometry"] is None for seeds in runs.values() for d in seeds):
         blocks.append(Note("ρ_k / random needs the matrix pass: the series were made without geometry "
                            "(`dynamics series RUN --geometry`; `dynamics report compare` runs it)."))
     return blocks
@@ -247,6 +256,12 @@ def rank_correlation(x: Sequence[float], y: Sequence[float]) -> tuple[float | No
         return None, None
     result = stats.spearmanr(x, y)
     return float(result.statistic), float(result.pvalue)
+
+
+def _why_undefined(x: list[float], points: list[_Point]) -> str:
+    if len(x) < MIN_POINTS_FOR_CORRELATION:
+        return "< 3 points"
+    return "shift constant" if len({p.shift["delta"] for p in points}) < 2 else "x constant"
 
 
 def _styles(groups: list[tuple[str, str]]) -> dict[str, tuple[str, str]]:
@@ -288,7 +303,7 @@ def _scatter_blocks(docs: list[dict], behavior: dict | None, out_dir: Path) -> l
             x = [p.parameters[parameter.key] for p in chosen]
             rho, p_value = rank_correlation(x, [p.shift["delta"] for p in chosen])
             titles.append(f"Spearman ρ = {rho:+.2f} (p = {p_value:.2g}, n = {len(x)})" if rho is not None
-                          else f"Spearman ρ: too few distinct points (n = {len(x)})")
+                          else f"Spearman ρ: n/a, {_why_undefined(x, chosen)} (n = {len(x)})")
             table_rows.append([metric, parameter.key, fmt_general(rho, 2), fmt_general(p_value, 2), str(len(x))])
             cells.append([(p.parameters[parameter.key], p.shift["delta"],
                            *(p.shift["ci95"] if p.shift.get("ci95") else (None, None)), p.run) for p in chosen])
@@ -298,7 +313,7 @@ def _scatter_blocks(docs: list[dict], behavior: dict | None, out_dir: Path) -> l
             out_dir, f"{NAME}-{metric.replace('_', '-')}-vs-parameters", fig,
             f"{metric.replace('_', ' ').capitalize()} shift since each run's first generations (vertical bar: 95% CI "
             "over prompts) against parameter metrics of the same checkpoint against the base; one point per run, "
-            "seed and checkpoint. Colour: reward; marker: run.",
+            "seed and checkpoint (log axes leave out checkpoints with Δ = 0). Colour: reward; marker: run.",
             header, [[p.run, p.reward, p.seed, p.step, metric, p.shift["delta"],
                       *(p.shift["ci95"] if p.shift.get("ci95") else (None, None)), p.shift.get("p_value"),
                       p.shift.get("n_prompts"), *[p.parameters[m.key] for m in PARAMETER_METRICS]]

@@ -83,6 +83,7 @@ def bars(labels: Sequence[str], values: Sequence[float | None], xlabel: str, yla
         positive = [v for v in all_values if v is not None and v > 0]
         if positive:
             ax.set_ylim(min(positive) / 2, max(positive) * 3)
+        _plain_log_ticks(ax.yaxis, positive)
     if bands or hlines:
         ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
@@ -249,7 +250,7 @@ def _plain_log_ticks(axis, values: Sequence[float | None]) -> None:
     span less than a decade, where a log axis would otherwise label one tick or none."""
     positive = [v for v in values if v is not None and v > 0]
     if positive and math.log10(max(positive) / min(positive)) < 1:
-        axis.set_major_locator(MaxNLocator(nbins=5))
+        axis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
@@ -335,18 +336,22 @@ Spread = tuple[Sequence[float], float | None, float | None]  # seed values, thei
 
 def seed_spread(groups: Sequence[str], panels: dict[str, Sequence[Spread]], colours: Sequence[str],
                 log_panels: Sequence[str] = ()) -> plt.Figure:
-    """One panel per metric (its y label): for each group (run) the seeds as small dots and the
-    given mean as a diamond with ± one standard deviation as an error bar."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(3.6, 0.5 * len(groups) + 1.6) * len(panels), 4.4),
-                             squeeze=False)
+    """One panel per metric (its y label), two panels a row: for each group (run) the seeds as small
+    dots and the given mean as a diamond with ± one standard deviation as an error bar."""
+    n_cols = min(2, len(panels))
+    n_rows = math.ceil(len(panels) / n_cols)
+    width = max(4.5, 0.55 * len(groups) + 2.0)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, 3.9 * n_rows), squeeze=False)
     x = np.arange(len(groups))
-    for ax, (ylabel, spreads) in zip(axes[0], panels.items()):
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (ylabel, spreads) in zip(axes.flat, panels.items()):
         values = [v for seeds, _, _ in spreads for v in seeds]
         for xi, (seeds, mean, std), colour in zip(x, spreads, colours):
             if not seeds:
                 continue
             jitter = np.linspace(-0.12, 0.12, len(seeds)) if len(seeds) > 1 else np.zeros(1)
-            ax.scatter(xi - 0.1 + jitter, seeds, color=colour, s=14, alpha=0.6, zorder=2)
+            ax.scatter(xi - 0.1 + jitter, seeds, color=colour, s=16, alpha=0.6, zorder=2)
             if mean is not None:
                 ax.errorbar([xi + 0.22], [mean], yerr=None if std is None else [[std], [std]], fmt="D",
                             color=colour, markersize=6, capsize=4, zorder=3)
@@ -356,7 +361,8 @@ def seed_spread(groups: Sequence[str], panels: dict[str, Sequence[Spread]], colo
         elif values and min(values) < 0 < max(values):
             ax.axhline(0, color="black", linestyle=":", linewidth=0.8)
         ax.set_ylabel(ylabel, fontsize=10)
-        _kind_ticks(ax, x, groups)
+        long_labels = len(groups) > 3 or max(len(g) for g in groups) > 10
+        ax.set_xticks(x, groups, rotation=30 if long_labels else 0, ha="right" if long_labels else "center")
         ax.tick_params(labelsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

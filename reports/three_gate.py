@@ -124,16 +124,17 @@ def _kl_blocks(kl: dict, weight_rows: list[list[str]]) -> list[Block]:
         ["KL per sequence, mean (nats)", nats("kl_mean_per_sequence")],
         ["scored tokens / sequences", f"{fmt_count(kl.get('tokens'))} / {fmt_count(kl.get('sequences'))}"],
         *weight_rows,
-    ], caption=f"KL measured between `{kl.get('base')}` (π_A) and `{kl.get('tuned')}` (π_B), "
-               "teacher-forced on π_B's samples, full vocabulary.")
+    ])
+    source = Paragraph(f"KL measured between `{kl.get('base')}` (π_A) and `{kl.get('tuned')}` (π_B), teacher-forced "
+                       "on π_B's own samples over the full vocabulary; beside it the weight-space size of the update.")
     top = sorted(kl.get("top_tokens") or [], key=lambda t: -(t.get("kl_sum") or 0.0))[:TOP_KL_TOKENS]
     if not top:
-        return [table, Paragraph("The KL document lists no top tokens.")]
+        return [source, table, Paragraph("The KL document lists no top tokens.")]
     tokens = Table(["token", "token id", "count", "KL sum (nats)", "KL mean (nats)"],
                    [[f"`{_visible(t['token'])}`", str(t["token_id"]), fmt_count(t["count"]),
                      fmt_general(t["kl_sum"], 4), fmt_general(t["kl_mean"], 4)] for t in top],
                    caption=f"Tokens carrying the most KL (top {len(top)} by summed KL over their occurrences)")
-    return [table, tokens]
+    return [source, table, tokens]
 
 
 def _visible(token: str) -> str:

@@ -112,9 +112,14 @@ def test_table_shows_series_numbers_and_shifts_with_their_intervals(series_docs,
     row = next(line for line in markdown.splitlines() if line.startswith("| grpo-true |"))
     bitwise = [d["steps"][-1]["vs_base"]["bitwise_sparsity_by_dtype"]["bfloat16"] for d in series_docs
                if d["run"]["run"] == "grpo-true"]
-    assert f"{np.mean(bitwise):.4f} ± {np.std(bitwise, ddof=1):.4f}" in row
+    assert f"{np.mean(bitwise):.4f}\u00a0±\u00a0{np.std(bitwise, ddof=1):.4f}" in row  # one line in HTML
     assert "+0.200 ± 0.000 [−1.000, +1.000]; p = 0.04 / 0.04" in row  # accuracy: mean ± std [CI]; p per seed
     assert "**Small benchmark:** shifts rest on as few as 40 prompts" in markdown
+    unmoved = json.loads(json.dumps(series_docs[:2]))
+    unmoved[1]["steps"][-1]["vs_base"]["geometry"]["principal_energy_ratio"] = None  # Δ = 0: ρ_k undefined
+    ratio = series_docs[0]["steps"][-1]["vs_base"]["geometry"]["principal_energy_ratio"]
+    markdown = render_compare_report(unmoved, behavior, tmp_path / "unmoved").with_suffix(".md").read_text()
+    assert f"| {ratio:.3g} (1 of 2 seeds) |" in markdown
     one_seed = render_compare_report(series_docs[:1], behavior, tmp_path / "one").with_suffix(".md").read_text()
     assert "+0.200 [+0.100, +0.300], p = 0.04 (n = 40)" in one_seed
     assert "there is no spread across seeds" in one_seed
