@@ -50,9 +50,9 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(path: str | Path, device: torch.device) -> PreTrainedModel:
-    """A causal LM from a local folder, in eval mode: float32 on CPU, its stored dtype on CUDA."""
-    dtype = torch.float32 if device.type == "cpu" else "auto"
+def load_model(path: str | Path, device: torch.device, float32: bool = False) -> PreTrainedModel:
+    """A causal LM from a local folder, in eval mode: float32 on CPU (or when asked), its stored dtype on CUDA."""
+    dtype = torch.float32 if device.type == "cpu" or float32 else "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, trust_remote_code=False,
                                                      dtype=dtype)
