@@ -119,7 +119,7 @@ def parse_layers(text: str | None) -> set[int] | None:
     return layers
 
 
-def _sequence_losses(model, batch: Batch) -> list[Callable[[], torch.Tensor]]:
+def sequence_losses(model, batch: Batch) -> list[Callable[[], torch.Tensor]]:
     """One −log-likelihood closure per sampled sequence (row) of `batch`."""
     def row_loss(i: int) -> Callable[[], torch.Tensor]:
         row = Batch(batch.input_ids[i:i + 1], batch.attention_mask[i:i + 1], batch.prompt_length,
@@ -150,7 +150,7 @@ def fisher_alignment(base: str | Path, tuned: str | Path, prompts: list, *, samp
     texts = [format_for_model(tokenizer, p.prompt, chat_template) for p in prompts for _ in range(samples_per_prompt)]
     losses = []
     for start in tqdm(range(0, len(texts), 8), desc="sample", disable=not progress):
-        losses += _sequence_losses(model, generate(model, tokenizer, texts[start:start + 8], max_new_tokens,
+        losses += sequence_losses(model, generate(model, tokenizer, texts[start:start + 8], max_new_tokens,
                                                    sample=True, temperature=temperature))
     fisher, n = empirical_fisher_diagonal(selected, tqdm(losses, desc="fisher", disable=not progress))
     rows, energy, total = [], {str(q): 0.0 for q in Q_PERCENT}, 0.0

@@ -103,3 +103,16 @@ def test_missing_model_folder_is_one_line(tmp_path, capsys):
     prompts.write_text('{"prompt": "Q"}\n')
     assert main(["probe", "kl", str(tmp_path / "nope"), str(tmp_path / "nope"), "--prompts", str(prompts)]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_scores_match_the_cpu(tmp_path, constant_pair):
+    base, tuned, (forward, reverse) = constant_pair
+    pairs = [("Question: what is 2 + 3?\nAnswer:\n", "5 apples"), ("Q", "The answer is \\boxed{9} because")]
+    cpu = kl_drift(base, tuned, responses=pairs, device="cpu", chat_template=False)
+    gpu = kl_drift(base, tuned, responses=pairs, device="cuda", chat_template=False)
+    np.testing.assert_array_equal(cpu.per_token.token_id, gpu.per_token.token_id)
+    # CUDA runs the forward under bf16 autocast: logits carry bf16 rounding, the KL ~1% of its value.
+    np.testing.assert_allclose(gpu.per_token.forward, forward, rtol=3e-2)
+    assert gpu.kl_reverse_mean_per_token == pytest.approx(reverse, rel=3e-2)
