@@ -150,12 +150,12 @@ def read_manifest(path: str | Path) -> list[RunInfo]:
     for number, entry in enumerate(doc["runs"], start=1):
         if not isinstance(entry, dict) or not entry.get("path"):
             raise SeriesError(f"{path}: run {number} needs a 'path'")
-        runs.append(_labelled(root / str(entry["path"]), entry, default_base, f"{path} (run {number})"))
+        runs.append(_labelled(root / str(entry["path"]), entry, root, default_base, f"{path} (run {number})"))
     return runs
 
 
-def _labelled(run_dir: Path, entry: dict, default_base: Path | None, where: str) -> RunInfo:
-    """RunInfo of `run_dir` with `entry`'s labels over those of its run.json."""
+def _labelled(run_dir: Path, entry: dict, root: Path, default_base: Path | None, where: str) -> RunInfo:
+    """RunInfo of `run_dir` with `entry`'s labels over those of its run.json (entry paths relative to `root`)."""
     if not run_dir.is_dir():
         raise SeriesError(f"{where}: {run_dir} is not a folder")
     own = read_run_info(run_dir)
@@ -173,7 +173,7 @@ def _labelled(run_dir: Path, entry: dict, default_base: Path | None, where: str)
         seed = int(entry.get("seed", own.seed if own else 0))
     except (TypeError, ValueError) as e:
         raise SeriesError(f"{where}: seed must be an integer ({e})") from e
-    base = run_dir.parent / str(entry["base"]) if entry.get("base") else (own.base if own else None)
+    base = root / str(entry["base"]) if entry.get("base") else (own.base if own else None)
     return RunInfo(run=run, reward=reward, seed=seed, path=run_dir, base=base or default_base)
 
 
@@ -191,7 +191,7 @@ def find_runs(paths: list[str | Path], manifest: str | Path | None = None) -> li
         elif path.resolve() in by_folder:
             found = [by_folder[path.resolve()]]
         elif (path / "run.json").is_file():
-            found = [_labelled(path, {}, None, str(path))]
+            found = [_labelled(path, {}, path, None, str(path))]
         else:
             raise SeriesError(f"{path}: neither a run folder (run.json) nor a lab folder (manifest.json); "
                               "label it in --manifest")

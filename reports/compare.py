@@ -21,10 +21,11 @@ from scipy import stats
 
 from dynamics.series import SCHEMA as SERIES_SCHEMA
 from dynamics.series import Series
+from probes.behavior import SCHEMA as BEHAVIOR_SCHEMA
 from probes.behavior import SMALL_BENCHMARK_PROMPTS
 from reports import figures
 from reports.document import Block, Note, Paragraph, Report, Section, Table, fmt_general, write_report
-from reports.load import BEHAVIOR_SCHEMA, ReportError, load_document
+from reports.load import ReportError, load_document
 from reports.palette import MARKERS, reward_colour
 
 NAME = "compare"

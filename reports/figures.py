@@ -281,6 +281,8 @@ def step_curves(steps: Sequence[int], curves: Sequence[tuple[str, Sequence[float
         if positive:
             ax.set_ylim(min(positive) / 1.5, max(positive) * 1.5)
         _plain_log_ticks(ax.yaxis, positive)
+    else:  # every tick carries its own magnitude: no "×1e-5" offset text a reader may miss
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)

@@ -18,8 +18,7 @@ from dynamics.outputs import finite_json
 from dynamics.result import SCHEMA, DiffResult
 from dynamics.series import read_json_document
 
-FISHER_SCHEMA = "dynamics.fisher/1"
-BEHAVIOR_SCHEMA = "dynamics.behavior/1"
+FISHER_SCHEMA = "dynamics.fisher/1"  # probes.fisher.SCHEMA, kept here so reports need not import torch
 
 
 class ReportError(DynamicsError):

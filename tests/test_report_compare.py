@@ -101,6 +101,12 @@ def test_lab_folder_run_folder_and_manifest_name_the_runs(lab, tmp_path):
     labelled = find_runs([plain, lab / "sft-s1"], manifest)
     assert [(r.run, r.reward, r.seed) for r in labelled] == [("mine", "true", 3), ("sft-relabelled", "sft", 1)]
     assert labelled[0].base == lab / "base"  # the manifest's default base for a folder without run.json
+    nested = tmp_path / "study" / "m.json"  # paths relative to the manifest's folder, base of an entry too
+    nested.parent.mkdir()
+    (tmp_path / "study" / "runs").symlink_to(lab)
+    nested.write_text(json.dumps({"runs": [{"path": "runs/sft-s1", "base": "runs/base"}]}))
+    assert [(r.run, r.path, r.base) for r in read_manifest(nested)] == [
+        ("sft", tmp_path / "study" / "runs" / "sft-s1", tmp_path / "study" / "runs" / "base")]
     (tmp_path / "bad.json").write_text(json.dumps({"runs": [{"run": "x"}]}))
     with pytest.raises(SeriesError, match="run 1 needs a 'path'"):
         read_manifest(tmp_path / "bad.json")
