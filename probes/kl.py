@@ -29,6 +29,8 @@ from probes.sampling import Batch, autocast, encode_prompts, generate
 
 SCHEMA = "dynamics.kl/1"
 TOP_TOKENS = 20
+# Positions whose float32 vocabulary rows are live at once: 1024 × 152k × 4 B × ~5 temporaries ≈ 3 GB.
+KL_CHUNK_POSITIONS = 1024
 
 
 @dataclass(frozen=True)
@@ -94,9 +96,15 @@ def batch_token_kl(tuned: PreTrainedModel, base: PreTrainedModel, batch: Batch) 
     tuned_logits, base_logits = _response_logits(tuned, batch), _response_logits(base, batch)
     if tuned_logits.shape[-1] != base_logits.shape[-1]:
         raise ProbeError(f"vocabulary sizes differ: tuned {tuned_logits.shape[-1]}, base {base_logits.shape[-1]}")
-    forward, reverse = token_kl(tuned_logits, base_logits)
+    vocab = tuned_logits.shape[-1]
+    flat_tuned, flat_base = tuned_logits.reshape(-1, vocab), base_logits.reshape(-1, vocab)
+    forward = torch.empty(flat_tuned.shape[0], dtype=torch.float32, device=flat_tuned.device)
+    reverse = torch.empty_like(forward)
+    for start in range(0, len(forward), KL_CHUNK_POSITIONS):
+        stop = start + KL_CHUNK_POSITIONS
+        forward[start:stop], reverse[start:stop] = token_kl(flat_tuned[start:stop], flat_base[start:stop])
     mask = batch.response_mask.to(forward.dtype)
-    return forward * mask, reverse * mask
+    return forward.view_as(mask) * mask, reverse.view_as(mask) * mask
 
 
 def responses_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[str],
