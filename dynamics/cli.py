@@ -28,12 +28,14 @@ def _cmd_diff(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from probes.lab.demo import DEMO_RANK_K, run_demo
+    from probes.lab.demo import DEMO_RANK_K, behavior_lines, run_demo
 
     demo = run_demo(Path(args.out), seed=args.seed, device=args.device, progress=not args.quiet)
     print(f"\nEach run's last checkpoint against the base {demo.base_dir} "
           f"(bf16; fp32 masters against their fp32 start; geometry at k={DEMO_RANK_K}):\n")
     print(format_side_by_side(demo.diffs))
+    print(f"\nHeld-out behavior ({demo.behavior.groups[0].n_prompts} prompts, greedy), shift with 95% CI:\n")
+    print("\n".join(behavior_lines(demo.behavior)))
     print(f"\nlab runs: {demo.lab_dir} (manifest.json, checkpoints, generations.jsonl per run)")
     print(f"full diffs: {demo.diff_paths['true'].parent}/*.json")
     for label, path in demo.reports.items():

@@ -14,6 +14,9 @@ def test_demo_trains_the_lab_prints_side_by_side_and_writes_diffs_and_reports(tm
     for column in ("true", "format", "random", "incorrect", "noisy-0.3", "sft", "true (fp32)", "sft (fp32)"):
         assert column in out
     assert "hidden by bf16" in out and "report three-gate sft" in out
+    assert "Held-out behavior" in out and "grpo-random" in out and "code_rate Δ" in out
+    behavior = json.loads((tmp_path / "behavior.json").read_text())
+    assert behavior["schema"] == "dynamics.behavior/1" and {s["run"] for s in behavior["shifts"]} >= {"sft"}
     manifest = json.loads((tmp_path / "lab" / "manifest.json").read_text())
     assert [e["seed"] for e in manifest["runs"]] == [1] * 6
     rl = json.loads((tmp_path / "diffs" / "random.json").read_text())["summary"]

@@ -17,7 +17,6 @@ from dynamics.metrics import derived_metrics
 from probes.generations import read_generations
 from probes.lab.grpo import clipped_objective, group_advantages, kl_k3, sequence_mean
 from probes.lab.rewards import RewardError, make_reward
-from probes.sampling import response_mask
 from probes.lab.study import LabError, last_checkpoint, run_study
 from probes.lab.tasks import (
     NO_SLIPS,
@@ -33,6 +32,7 @@ from probes.lab.tasks import (
     split_of,
 )
 from probes.lab.tokenizer import format_prompt, train_tokenizer
+from probes.sampling import response_mask
 
 RIGHT = "First, 2 + 3 = 5. Finally, the answer is \\boxed{5}."
 WRONG = "```python\ntotal = 2\ntotal = total + 3  # 6\nprint(total)\n```\nThe answer is \\boxed{6}."

@@ -12,8 +12,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dynamics.api import diff
-from dynamics.outputs import write_json
+from dynamics.outputs import atomic_path, write_json
 from dynamics.result import DiffResult
+from probes.behavior import BehaviorResult, behavior_probe
+from probes.generations import read_generations
 from probes.lab.checkpoints import checkpoint_name
 from probes.lab.study import LAB_PRESETS, last_checkpoint, run_study
 
@@ -28,6 +30,7 @@ class DemoResult:
     base_dir: Path
     diffs: dict[str, DiffResult]  # reward label ("true", …, "sft", "true (fp32)") → diff against its start
     diff_paths: dict[str, Path]
+    behavior: BehaviorResult  # every run's held-out generations, last step against step 0
     reports: dict[str, Path]  # report label → its Markdown file
 
 
@@ -49,7 +52,26 @@ def run_demo(out: Path, seed: int, device: str, progress: bool) -> DemoResult:
         diffs[label] = diff(a, b, device=device, geometry=True, rank_k=DEMO_RANK_K)
         diff_paths[label] = out / "diffs" / f"{label.replace(' (fp32)', '-fp32')}.json"
         write_json(diffs[label], diff_paths[label])
-    return DemoResult(lab_dir, base_dir, diffs, diff_paths, render_demo_reports(diffs, out / "reports"))
+    generations = [g for run_dir in run_dirs.values() for g in read_generations(run_dir / "generations.jsonl")]
+    behavior = behavior_probe(generations)
+    with atomic_path(out / "behavior.json") as tmp:
+        tmp.write_text(json.dumps(behavior.to_json(), indent=1))
+    return DemoResult(lab_dir, base_dir, diffs, diff_paths, behavior, render_demo_reports(diffs, out / "reports"))
+
+
+def behavior_lines(behavior: BehaviorResult) -> list[str]:
+    """One line per run: accuracy and code rate at step 0 and at the last step, the shift with its 95% CI."""
+    lines = []
+    for run in dict.fromkeys(g.run for g in behavior.groups):
+        last = max(sh.to_step for sh in behavior.shifts if sh.run == run)
+        cells = []
+        for metric in ("accuracy", "code_rate"):
+            found = [sh for sh in behavior.shifts if sh.run == run and sh.to_step == last and sh.metric == metric]
+            if found:
+                sh = found[0]
+                cells.append(f"{metric} Δ {sh.delta:+.3f} [{sh.ci95[0]:+.3f}, {sh.ci95[1]:+.3f}]")
+        lines.append(f"{run:<16} step 0 → {last:<4} " + ",  ".join(cells))
+    return lines
 
 
 def render_demo_reports(diffs: dict[str, DiffResult], out: Path) -> dict[str, Path]:

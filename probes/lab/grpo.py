@@ -26,9 +26,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from probes.lab.recorder import RunRecorder
 from probes.lab.rewards import Reward
-from probes.sampling import Batch, decode_responses, generate, token_log_probs
 from probes.lab.tasks import Problem
 from probes.lab.tokenizer import format_prompt
+from probes.sampling import Batch, decode_responses, generate, token_log_probs
 
 
 @dataclass(frozen=True)

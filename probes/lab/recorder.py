@@ -12,9 +12,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from probes.generations import Generation, write_generations
 from probes.lab.checkpoints import checkpoint_name, save_checkpoint
-from probes.sampling import decode_responses, generate
 from probes.lab.tasks import Problem
 from probes.lab.tokenizer import format_prompt
+from probes.sampling import decode_responses, generate
 
 
 @dataclass(frozen=True)
