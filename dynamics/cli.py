@@ -68,30 +68,21 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _report_compare(args: argparse.Namespace) -> None:
-    """Each run's series (geometry on, cached under RUN/series) and the behavior probe over the runs'
-    generations.jsonl, relabelled with the runs' labels, rendered side by side."""
-    from dataclasses import replace
-
-    from dynamics.series import find_runs, series
-    from probes.behavior import behavior_probe
-    from probes.generations import read_generations
+    from probes.comparison import compare_runs
     from reports.compare import render_compare_report
 
     if args.kl or args.fisher:
         raise DynamicsError("report compare: --kl and --fisher belong to the three-gate report")
-    runs = find_runs(args.inputs, args.manifest)
-    results = [series(run.path, base=run.base, geometry=True, rank_k=args.rank_k, device=args.device, labels=run,
-                      progress=not args.quiet) for run in runs]
-    print(f"{len(runs)} run folders: {sum(r.diffs_computed for r in results)} diffs computed, "
-          f"{sum(r.diffs_cached for r in results)} reused from each run's series/cache")
-    with_generations = [run for run in runs if (run.path / "generations.jsonl").is_file()]
-    generations = [replace(g, run=run.run, seed=run.seed, reward=run.reward) for run in with_generations
-                   for g in read_generations(run.path / "generations.jsonl")]
-    behavior = behavior_probe(generations).to_json() if generations else None
-    missing = [str(run.path) for run in runs if run not in with_generations]
-    print(f"behavior: {len(generations)} generations from {len(with_generations)} runs"
-          + (f"; no generations.jsonl in {', '.join(missing)}" if missing else ""))
-    print(f"wrote {render_compare_report([r.to_json() for r in results], behavior, Path(args.out))}")
+    comparison = compare_runs(args.inputs, args.manifest, rank_k=args.rank_k, device=args.device,
+                              progress=not args.quiet)
+    print(f"{len(comparison.runs)} run folders: {sum(r.diffs_computed for r in comparison.series)} diffs computed, "
+          f"{sum(r.diffs_cached for r in comparison.series)} reused from each run's series/cache")
+    responses = sum(g.n_responses for g in comparison.behavior.groups) if comparison.behavior else 0
+    print(f"behavior: {responses} generations from {len(comparison.runs) - len(comparison.without_generations)} runs"
+          + (f"; no generations.jsonl in {', '.join(map(str, comparison.without_generations))}"
+             if comparison.without_generations else ""))
+    behavior = comparison.behavior.to_json() if comparison.behavior else None
+    print(f"wrote {render_compare_report([r.to_json() for r in comparison.series], behavior, Path(args.out))}")
 
 
 def _cmd_series(args: argparse.Namespace) -> None:

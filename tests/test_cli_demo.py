@@ -13,7 +13,7 @@ def test_demo_trains_the_lab_prints_side_by_side_and_writes_diffs_and_reports(tm
     out = capsys.readouterr().out
     for column in ("true", "format", "random", "incorrect", "noisy-0.3", "sft", "true (fp32)", "sft (fp32)"):
         assert column in out
-    assert "hidden by bf16" in out and "report three-gate sft" in out
+    assert "hidden by bf16" in out and "report three-gate sft" in out and "report compare (all runs)" in out
     assert "Held-out behavior" in out and "grpo-random" in out and "code_rate Δ" in out
     behavior = json.loads((tmp_path / "behavior.json").read_text())
     assert behavior["schema"] == "dynamics.behavior/1" and {s["run"] for s in behavior["shifts"]} >= {"sft"}
@@ -24,7 +24,7 @@ def test_demo_trains_the_lab_prints_side_by_side_and_writes_diffs_and_reports(tm
     assert rl["bitwise_sparsity"] > sft["bitwise_sparsity"]
     masters = json.loads((tmp_path / "diffs" / "sft-fp32.json").read_text())["summary"]
     assert masters["hidden_by_bf16"] > 0
-    for name in ("sparsity-true/sparsity.html", "three-gate-sft/three-gate.html"):
+    for name in ("sparsity-true/sparsity.html", "three-gate-sft/three-gate.html", "compare/compare.html"):
         assert (tmp_path / "reports" / name).is_file()
 
 

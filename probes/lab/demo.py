@@ -1,4 +1,5 @@
-"""`dynamics demo`: the tiny lab study (one seed), every run's last checkpoint diffed against the base, reports.
+"""`dynamics demo`: the tiny lab study (one seed), every run's last checkpoint diffed against the base, and the
+reports: sparsity and three-gate of the true-reward and SFT runs, the comparison of all runs.
 
 Diffs are bf16 against the bf16 base with geometry at a small k (the tiny model's matrices are 64 wide),
 plus the fp32 masters of the true-reward GRPO run and the SFT run against their fp32 starting point, to show
@@ -14,8 +15,8 @@ from pathlib import Path
 from dynamics.api import diff
 from dynamics.outputs import atomic_path, write_json
 from dynamics.result import DiffResult
-from probes.behavior import BehaviorResult, behavior_probe
-from probes.generations import read_generations
+from probes.behavior import BehaviorResult
+from probes.comparison import Comparison, compare_runs
 from probes.lab.checkpoints import checkpoint_name
 from probes.lab.study import LAB_PRESETS, last_checkpoint, run_study
 
@@ -52,11 +53,11 @@ def run_demo(out: Path, seed: int, device: str, progress: bool) -> DemoResult:
         diffs[label] = diff(a, b, device=device, geometry=True, rank_k=DEMO_RANK_K)
         diff_paths[label] = out / "diffs" / f"{label.replace(' (fp32)', '-fp32')}.json"
         write_json(diffs[label], diff_paths[label])
-    generations = [g for run_dir in run_dirs.values() for g in read_generations(run_dir / "generations.jsonl")]
-    behavior = behavior_probe(generations)
+    comparison = compare_runs([lab_dir], rank_k=DEMO_RANK_K, device=device, progress=progress)
     with atomic_path(out / "behavior.json") as tmp:
-        tmp.write_text(json.dumps(behavior.to_json(), indent=1))
-    return DemoResult(lab_dir, base_dir, diffs, diff_paths, behavior, render_demo_reports(diffs, out / "reports"))
+        tmp.write_text(json.dumps(comparison.behavior.to_json(), indent=1))
+    return DemoResult(lab_dir, base_dir, diffs, diff_paths, comparison.behavior,
+                      render_demo_reports(diffs, comparison, out / "reports"))
 
 
 def behavior_lines(behavior: BehaviorResult) -> list[str]:
@@ -74,8 +75,10 @@ def behavior_lines(behavior: BehaviorResult) -> list[str]:
     return lines
 
 
-def render_demo_reports(diffs: dict[str, DiffResult], out: Path) -> dict[str, Path]:
-    """The sparsity and three-gate reports of the true-reward GRPO run and of the SFT run (keys of `diffs`)."""
+def render_demo_reports(diffs: dict[str, DiffResult], comparison: Comparison, out: Path) -> dict[str, Path]:
+    """The sparsity and three-gate reports of the true-reward GRPO run and of the SFT run (keys of `diffs`),
+    and the comparison of every run (series against step, behavior shifts against parameter metrics)."""
+    from reports.compare import render_compare_report
     from reports.sparsity import render_sparsity_report
     from reports.three_gate import render_three_gate_report
 
@@ -83,4 +86,6 @@ def render_demo_reports(diffs: dict[str, DiffResult], out: Path) -> dict[str, Pa
     for run in REPORT_RUNS:
         reports[f"sparsity {run}"] = render_sparsity_report(diffs[run], out / f"sparsity-{run}")
         reports[f"three-gate {run}"] = render_three_gate_report(diffs[run], out / f"three-gate-{run}")
+    reports["compare (all runs)"] = render_compare_report([s.to_json() for s in comparison.series],
+                                                          comparison.behavior.to_json(), out / "compare")
     return reports
