@@ -28,6 +28,7 @@ def _cmd_diff(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
+    from probes.behavior import SMALL_BENCHMARK_PROMPTS
     from probes.lab.demo import DEMO_RANK_K, behavior_lines, run_demo
 
     demo = run_demo(Path(args.out), seed=args.seed, device=args.device, progress=not args.quiet)
@@ -36,6 +37,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(format_side_by_side(demo.diffs))
     print(f"\nHeld-out behavior ({demo.behavior.groups[0].n_prompts} prompts, greedy), shift with 95% CI:\n")
     print("\n".join(behavior_lines(demo.behavior)))
+    if demo.behavior.groups[0].n_prompts < SMALL_BENCHMARK_PROMPTS:
+        print(f"(fewer than {SMALL_BENCHMARK_PROMPTS} prompts: read the intervals; shifts of a few points are "
+              "within seed-to-seed noise)")
     print(f"\nlab runs: {demo.lab_dir} (manifest.json, checkpoints, generations.jsonl per run)")
     print(f"full diffs: {demo.diff_paths['true'].parent}/*.json")
     for label, path in demo.reports.items():
