@@ -81,7 +81,7 @@ def fisher_reading(share: float | None, q_percent: float) -> str:
         return f"concentrated on high-curvature coordinates: {text}."
     if ratio < FISHER_AVOIDED_RATIO:
         return f"avoids high-curvature coordinates: {text}."
-    return f"curvature alignment as chance: {text}."
+    return f"at chance, blind to curvature: {text}."
 
 
 def principal_energy_reading(energy: float | None, baseline: float | None,

@@ -178,9 +178,9 @@ def test_kl_reading_classes_the_measured_drift(mean, words):
 @pytest.mark.parametrize("share, starts", [
     (0.05, "concentrated on high-curvature coordinates: 5.0% of ‖Δ‖² on the top-1% Fisher coordinates (5× chance)"),
     (0.003, "avoids high-curvature coordinates: 0.3% of ‖Δ‖²"),
-    (0.01, "curvature alignment as chance: 1.0%"),
-    (FISHER_ALIGNED_RATIO * 0.01, "curvature alignment as chance"),  # thresholds are strict
-    (FISHER_AVOIDED_RATIO * 0.01, "curvature alignment as chance"),
+    (0.01, "at chance, blind to curvature: 1.0%"),
+    (FISHER_ALIGNED_RATIO * 0.01, "at chance, blind to curvature"),  # thresholds are strict
+    (FISHER_AVOIDED_RATIO * 0.01, "at chance, blind to curvature"),
     (None, "no update energy"),
 ])
 def test_fisher_reading_thresholds(share, starts):
