@@ -18,8 +18,8 @@ def subtitle(doc: dict) -> list[str]:
     return [
         f"A (base): `{doc['a']['path']}`",
         f"B (tuned): `{doc['b']['path']}`",
-        f"{summary['tensors']} tensor pairs, {summary['numel']:,} elements, stored as {dtypes}; "
-        f"diff ran on {doc['device']} in {doc['seconds']:.1f} s",
+        (f"{summary['tensors']} tensor pairs, {summary['numel']:,} elements, stored as {dtypes}; "
+         f"diff ran on {doc['device']} in {doc['seconds']:.1f} s"),
     ]
 
 

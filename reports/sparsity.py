@@ -115,8 +115,8 @@ def _grid_blocks(doc: dict, out_dir: Path) -> list[Block]:
              {"unit_interval": True},
              "Bitwise sparsity per layer and module kind (grey: no such tensor)."),
             ("relative-update-norm", norms, RELATIVE_NORM_LABEL, {"log": None},
-             "Relative update norm ‖Δ‖_F / ‖W0‖_F per layer and module kind, log colour scale when the "
-             "values span a decade (grey: no such tensor, or Δ = 0).")):
+             ("Relative update norm ‖Δ‖_F / ‖W0‖_F per layer and module kind, log colour scale when the "
+              "values span a decade (grey: no such tensor, or Δ = 0)."))):
         title = label.split(" (")[0] + " per layer and module kind"
         fig = figures.heatmap(layers, kinds, grid, "module kind", "layer", label, title, **kwargs)
         blocks.append(figures.emit(out_dir, f"{NAME}-grid-{stem}", fig, caption, ["layer", *kinds],
