@@ -253,3 +253,13 @@ def test_study_refuses_unknown_rewards_and_a_used_folder(lab_dir: Path, tmp_path
 def test_lab_cli_reports_a_bad_reward_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["lab", "run", "--out", str(tmp_path), "--rewards", "noisy-2", "-q", "--device", "cpu"]) == 2
     assert capsys.readouterr().err.startswith("dynamics: error: unknown reward 'noisy-2'")
+
+
+def test_learning_rate_knobs_override_only_the_learning_rates():
+    from probes.lab.study import LAB_PRESETS, study_config
+
+    preset = LAB_PRESETS["small"]
+    config = study_config("small", "cpu", grpo_lr=1e-5, sft_lr=3e-5)
+    assert (config.grpo.lr, config.sft.lr, config.parallel_runs) == (1e-5, 3e-5, 1)
+    assert config.grpo.steps == preset.grpo.steps and config.pretrain == preset.pretrain
+    assert study_config("small", "cpu").grpo.lr == preset.grpo.lr

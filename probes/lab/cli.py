@@ -24,6 +24,8 @@ def add_lab_parser(sub: argparse._SubParsersAction) -> None:
                    help="subset of: true format random incorrect noisy-<p> sft (default: all)")
     p.add_argument("--save-fp32", action="store_true",
                    help="also save the fp32 master weights of every run under <run>/fp32/checkpoint-<N> (N from 0)")
+    p.add_argument("--grpo-lr", type=float, help="GRPO learning rate instead of the preset's (the sparsity knob)")
+    p.add_argument("--sft-lr", type=float, help="SFT learning rate instead of the preset's")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(run=_cmd_lab_run)

@@ -235,11 +235,22 @@ def last_checkpoint(run_dir: Path) -> Path:
     return Path(run_dir) / checkpoint_name(max(steps))
 
 
-def run_study_command(args: argparse.Namespace) -> None:
-    """`dynamics lab run`: the preset of `--size`, the given seeds and rewards, into `--out`."""
-    config = replace(LAB_PRESETS[args.size], save_fp32=args.save_fp32)
-    if resolve_device(args.device).type == "cpu":
+def study_config(size: str, device: str, save_fp32: bool = False, grpo_lr: float | None = None,
+                 sft_lr: float | None = None) -> LabConfig:
+    """The preset of `size` with the learning-rate knobs overridden where given; one run at a time on a CPU."""
+    config = replace(LAB_PRESETS[size], save_fp32=save_fp32)
+    if grpo_lr is not None:
+        config = replace(config, grpo=replace(config.grpo, lr=grpo_lr))
+    if sft_lr is not None:
+        config = replace(config, sft=replace(config.sft, lr=sft_lr))
+    if resolve_device(device).type == "cpu":
         config = replace(config, parallel_runs=1)
+    return config
+
+
+def run_study_command(args: argparse.Namespace) -> None:
+    """`dynamics lab run`: the preset of `--size` (learning rates overridable), the given seeds and rewards."""
+    config = study_config(args.size, args.device, args.save_fp32, args.grpo_lr, args.sft_lr)
     started = time.perf_counter()
     manifest_path = run_study(config, args.out, args.seeds, args.rewards, args.device, progress=not args.quiet)
     manifest = json.loads(manifest_path.read_text())
