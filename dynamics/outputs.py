@@ -33,10 +33,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_json(result: DiffResult, path: str | Path) -> None:
-    """The `dynamics.diff/1` document; NaN/Inf floats become null so the file is strict JSON."""
+def write_json_document(doc: dict, path: str | Path) -> None:
+    """Any JSON document, atomically; NaN/Inf floats become null so the file is strict JSON."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(finite_json(result.to_json()), indent=1, allow_nan=False))
+        tmp.write_text(json.dumps(finite_json(doc), indent=1, allow_nan=False))
+
+
+def write_json(result: DiffResult, path: str | Path) -> None:
+    """The `dynamics.diff/1` document of `result` (see `write_json_document`)."""
+    write_json_document(result.to_json(), path)
 
 
 def finite_json(value):

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from dynamics.api import diff
 from dynamics.errors import DynamicsError
-from dynamics.outputs import atomic_path, finite_json, write_json
+from dynamics.outputs import finite_json, write_json, write_json_document
 from dynamics.result import SCHEMA as DIFF_SCHEMA
 
 SCHEMA = "dynamics.series/1"
@@ -384,8 +384,7 @@ def series(
         run=None if info is None else {"run": info.run, "reward": info.reward, "seed": info.seed},
         options={"geometry": geometry, "rank_k": rank_k if geometry else None}, kl_source=kl_source,
         steps=steps, out_dir=str(out), diffs_computed=counts["computed"], diffs_cached=counts["cached"])
-    with atomic_path(out / "series.json") as tmp:
-        tmp.write_text(json.dumps(finite_json(result.to_json()), indent=1, allow_nan=False))
+    write_json_document(result.to_json(), out / "series.json")
     return result
 
 

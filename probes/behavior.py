@@ -16,7 +16,6 @@ shifts (`seed_shifts`).
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from dynamics.errors import DynamicsError
-from dynamics.outputs import atomic_path, finite_json
+from dynamics.outputs import finite_json, write_json_document
 from probes.features import (
     REASONING_KEYWORDS,
     VERIFIER,
@@ -249,6 +248,5 @@ def run_behavior_command(args: argparse.Namespace) -> None:
     result = behavior_probe(generations, tokenizer, keywords, args.bootstrap, args.permutations, args.seed)
     print(format_behavior(result))
     if args.json:
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(result.to_json(), indent=1, allow_nan=False))
+        write_json_document(result.to_json(), args.json)
         print(f"\nwrote {args.json}")

@@ -12,7 +12,6 @@ Memory: BASE in float32 plus one float32 accumulator per selected weight (`layer
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -24,7 +23,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from dynamics.naming import layer_index
-from dynamics.outputs import atomic_path, finite_json
+from dynamics.outputs import finite_json, write_json_document
 from probes.models import ProbeError, format_for_model, load_model, load_tokenizer, read_prompts, resolve_device
 from probes.sampling import Batch, generate, token_log_probs
 
@@ -190,6 +189,5 @@ def run_fisher_command(args: argparse.Namespace) -> None:
                               chat_template=not args.no_chat_template, device=args.device, progress=not args.quiet)
     print(format_fisher(result))
     if args.json:
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(result.to_json(), indent=1, allow_nan=False))
+        write_json_document(result.to_json(), args.json)
         print(f"wrote {args.json}")

@@ -14,7 +14,7 @@ Missing optional fields take the defaults below, so a file with only prompt/resp
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -51,21 +51,26 @@ def reward_family(reward: str) -> str:
     return reward.split("-", 1)[0]
 
 
-def read_generations(path: str | Path) -> list[Generation]:
-    """All lines of a generations jsonl file; a malformed line raises naming the file and line number."""
+def jsonl_records(path: str | Path, error: type[DynamicsError]) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON) for every non-blank line; an unreadable file or a line that is not JSON
+    raises `error` naming the file (and line)."""
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
     except OSError as e:
-        raise GenerationsError(f"{path}: cannot read ({e.strerror or e})") from e
-    out = []
+        raise error(f"{path}: cannot read ({e.strerror or e})") from e
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GenerationsError(f"{path}:{number}: not JSON ({e.msg})") from e
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{path}:{number}: not JSON ({e.msg})") from e
+
+
+def read_generations(path: str | Path) -> list[Generation]:
+    """All lines of a generations jsonl file; a malformed line raises naming the file and line number."""
+    out = []
+    for number, record in jsonl_records(path, GenerationsError):
         if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) \
                 or not isinstance(record.get("response"), str):
             raise GenerationsError(f"{path}:{number}: a line needs string fields 'prompt' and 'response'")

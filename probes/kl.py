@@ -11,7 +11,6 @@ end-of-text); padding never does. Identical models give exactly 0.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dynamics.outputs import atomic_path, finite_json
+from dynamics.outputs import atomic_path, finite_json, write_json_document
 from probes.models import ProbeError, Prompt, format_for_model, load_model, load_tokenizer, read_prompts, resolve_device
 from probes.sampling import Batch, autocast, encode_prompts, generate
 
@@ -228,8 +227,7 @@ def run_kl_command(args: argparse.Namespace) -> None:
                       chat_template=not args.no_chat_template, device=args.device, progress=not args.quiet)
     print(format_kl(result))
     if args.json:
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(result.to_json(), indent=1, allow_nan=False))
+        write_json_document(result.to_json(), args.json)
         print(f"wrote {args.json}")
     if args.h5:
         write_kl_h5(result, args.h5)

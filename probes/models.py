@@ -7,7 +7,6 @@ taken from float32 log-softmax (`probes.sampling`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from dynamics.errors import DynamicsError
+from probes.generations import jsonl_records
 
 
 class ProbeError(DynamicsError):
@@ -63,19 +63,8 @@ def load_model(path: str | Path, device: torch.device, float32: bool = False) ->
 
 def read_prompts(path: str | Path) -> list[Prompt]:
     """Prompts jsonl: a string `prompt` per line, optional `prompt_id` (default: the line number) and `answer`."""
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise ProbeError(f"{path}: cannot read ({e.strerror or e})") from e
     prompts = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ProbeError(f"{path}:{number}: not JSON ({e.msg})") from e
+    for number, record in jsonl_records(path, ProbeError):
         if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
             raise ProbeError(f"{path}:{number}: a line needs a string field 'prompt'")
         answer = record.get("answer")

@@ -2,12 +2,13 @@
 
 import json
 
+import pytest
 import torch
 
 from dynamics.cli import main
 from probes.generate import generate_responses
 from probes.generations import read_generations
-from probes.models import Prompt, load_model, load_tokenizer
+from probes.models import ProbeError, Prompt, load_model, load_tokenizer, read_prompts
 from tests.tiny_lm import save_tiny_lm
 
 PROMPTS = [Prompt("Question: what is 2 + 3?\nAnswer:\n", "a", "5"), Prompt("Q", "b", "9"),
@@ -51,3 +52,14 @@ def test_cli_writes_a_valid_generations_file(tmp_path):
     rows = read_generations(out)
     assert len(rows) == 6 and {g.run for g in rows} == {"m"} and {g.step for g in rows} == {7}
     assert {g.decoding for g in rows} == {"greedy", "sampled"} and {g.reward for g in rows} == {"random"}
+
+
+def test_prompt_file_errors_name_file_and_line(tmp_path):
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "Q", "answer": 3}\n\n{"text": "no prompt"}\n')
+    with pytest.raises(ProbeError, match=f"{path}:3: a line needs a string field 'prompt'"):
+        read_prompts(path)
+    path.write_text('{"prompt": "Q", "answer": 3}\n')
+    (prompt,) = read_prompts(path)
+    assert (prompt.prompt_id, prompt.answer) == ("1", "3")

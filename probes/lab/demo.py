@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dynamics.api import diff
-from dynamics.outputs import atomic_path, write_json
+from dynamics.outputs import write_json, write_json_document
 from dynamics.result import DiffResult
 from probes.behavior import BehaviorResult
 from probes.comparison import Comparison, compare_runs
@@ -54,8 +54,7 @@ def run_demo(out: Path, seed: int, device: str, progress: bool) -> DemoResult:
         diff_paths[label] = out / "diffs" / f"{label.replace(' (fp32)', '-fp32')}.json"
         write_json(diffs[label], diff_paths[label])
     comparison = compare_runs([lab_dir], rank_k=DEMO_RANK_K, device=device, progress=progress)
-    with atomic_path(out / "behavior.json") as tmp:
-        tmp.write_text(json.dumps(comparison.behavior.to_json(), indent=1))
+    write_json_document(comparison.behavior.to_json(), out / "behavior.json")
     return DemoResult(lab_dir, base_dir, diffs, diff_paths, comparison.behavior,
                       render_demo_reports(diffs, comparison, out / "reports"))
 

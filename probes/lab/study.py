@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from dynamics.errors import DynamicsError
-from dynamics.outputs import atomic_path
+from dynamics.outputs import write_json_document
 from probes.generations import Generation
 from probes.lab.checkpoints import checkpoint_name, load_for_training
 from probes.lab.grpo import GRPOConfig, train_grpo
@@ -163,8 +163,7 @@ def run_study(config: LabConfig, out: Path, seeds: list[int], rewards: list[str]
     manifest = {"schema": LAB_SCHEMA, "size": config.size, "base": "base",
                 "runs": [{"run": s.run, "reward": s.reward, "seed": s.seed, "path": s.folder_name} for s in specs]}
     path = out / "manifest.json"
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1))
+    write_json_document(manifest, path)
     return path
 
 
@@ -215,8 +214,7 @@ def train_run(config: LabConfig, spec: RunSpec, base_dir: Path, run_dir: Path, t
                 "config": {"size": config.size, "device": device.type, "max_operand": config.max_operand,
                            "heldout_problems": config.heldout_problems, "save_every_steps": save_every,
                            "master_dtype": "float32", "checkpoint_dtype": "bfloat16", **asdict(trainer_config)}}
-    with atomic_path(run_dir / "run.json") as tmp:
-        tmp.write_text(json.dumps(run_json, indent=1))
+    write_json_document(run_json, run_dir / "run.json")
     recorder.start(model, base_generations)
     rng = random.Random(f"prompts-{spec.seed}")
     if spec.trainer == "sft":
