@@ -76,14 +76,7 @@ def bars(labels: Sequence[str], values: Sequence[float | None], xlabel: str, yla
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
     all_values = list(values) + [y for y, _ in hlines]
-    if unit_interval:
-        ax.set_ylim(0, 1.08)
-    elif log or (log is None and _spans_decades(all_values)):
-        ax.set_yscale("log")
-        positive = [v for v in all_values if v is not None and v > 0]
-        if positive:
-            ax.set_ylim(min(positive) / 2, max(positive) * 3)
-        _plain_log_ticks(ax.yaxis, positive)
+    _scale_y(ax, all_values, unit_interval, log, unit_top=1.08, log_margins=(2, 3))
     if bands or hlines:
         ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
@@ -255,6 +248,23 @@ def _plain_log_ticks(axis, values: Sequence[float | None]) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _scale_y(ax: plt.Axes, values: Sequence[float | None], unit_interval: bool, log: bool | None, unit_top: float,
+             log_margins: tuple[float, float]) -> bool:
+    """y from 0 to `unit_top` for shares; a log axis (padded by `log_margins` below/above the positive values,
+    plain tick labels) when `log`, or when None and the values span decades. True when something was set."""
+    if unit_interval:
+        ax.set_ylim(0, unit_top)
+        return True
+    if not (log or (log is None and _spans_decades(values))):
+        return False
+    ax.set_yscale("log")
+    positive = [v for v in values if v is not None and v > 0]
+    if positive:
+        ax.set_ylim(min(positive) / log_margins[0], max(positive) * log_margins[1])
+    _plain_log_ticks(ax.yaxis, positive)
+    return True
+
+
 def step_curves(steps: Sequence[int], curves: Sequence[tuple[str, Sequence[float | None], str]], ylabel: str,
                 title: str, colour: str, unit_interval: bool = False, log: bool | None = None,
                 hlines: Sequence[tuple[float, str]] = (),
@@ -273,15 +283,8 @@ def step_curves(steps: Sequence[int], curves: Sequence[tuple[str, Sequence[float
     for y, text in hlines:
         ax.axhline(y, color="black", linestyle=":", linewidth=0.9, label=text)
     all_values = [v for _, values, _ in curves for v in values] + [y for y, _ in hlines]
-    if unit_interval:
-        ax.set_ylim(0, 1.02)
-    elif log or (log is None and _spans_decades(all_values)):
-        ax.set_yscale("log")
-        positive = [v for v in all_values if v is not None and v > 0]
-        if positive:
-            ax.set_ylim(min(positive) / 1.5, max(positive) * 1.5)
-        _plain_log_ticks(ax.yaxis, positive)
-    else:  # every tick carries its own magnitude: no "×1e-5" offset text a reader may miss
+    if not _scale_y(ax, all_values, unit_interval, log, unit_top=1.02, log_margins=(1.5, 1.5)):
+        # every tick carries its own magnitude: no "×1e-5" offset text a reader may miss
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)

@@ -211,9 +211,9 @@ def reference_stats(a: torch.Tensor, b: torch.Tensor) -> ElementStats:
         matrix = {}
         if a.dim() == 2:
             grid = changed.reshape(a.shape)
-            matrix = dict(rows=a.shape[0], cols=a.shape[1],
-                          unchanged_rows=int(np.sum(~grid.any(axis=1))) if a.shape[1] else a.shape[0],
-                          unchanged_cols=int(np.sum(~grid.any(axis=0))) if a.shape[0] else a.shape[1])
+            matrix = {"rows": a.shape[0], "cols": a.shape[1],
+                          "unchanged_rows": int(np.sum(~grid.any(axis=1))) if a.shape[1] else a.shape[0],
+                          "unchanged_cols": int(np.sum(~grid.any(axis=0))) if a.shape[0] else a.shape[1]}
         return dataclasses.replace(
             ElementStats.zero(),
             numel=int(bits_a.size), changed=int(changed.sum()),
@@ -254,48 +254,48 @@ HAND_FP32_W1 = [[1.0 + 2**-23, 2.5, 4.0 + 2**-8, -0.0],  # 1 ULP, 2^21 ULP, 2^13
 HAND_SUM_SQ_A = 99.3125
 
 HAND_CASES = {
-    "bf16": (torch.bfloat16, HAND_W0, HAND_BF16_W1, dict(
-        numel=12, changed=4, changed_signed_zero=1, changed_nonfinite=1,
-        nan_a=1, nan_b=1, inf_a=1, inf_b=0, finite_pairs=10,
-        ulp_histogram=hist(b0=1, b1=1),
+    "bf16": (torch.bfloat16, HAND_W0, HAND_BF16_W1, {
+        "numel": 12, "changed": 4, "changed_signed_zero": 1, "changed_nonfinite": 1,
+        "nan_a": 1, "nan_b": 1, "inf_a": 1, "inf_b": 0, "finite_pairs": 10,
+        "ulp_histogram": hist(b0=1, b1=1),
         # |Δ| = 2^-7 and 2^-5 exceed every absolute tolerance (largest 1e-3).
-        within_abs=(8, 8, 8, 8, 8, 8),
+        "within_abs": (8, 8, 8, 8, 8, 8),
         # |Δ|/|W0| = 2^-7 ≤ 1e-2 and 2^-6 ≤ 1e-1 only.
-        within_rel=(8, 8, 8, 9, 10),
-        hidden_by_bf16=None, hidden_by_fp16=None,
-        sum_sq_delta=2**-14 + 2**-10, sum_abs_delta=2**-7 + 2**-5,
-        sum_sq_a=HAND_SUM_SQ_A, sum_sq_b=HAND_SUM_SQ_A - 1 - 4 + 1.0078125**2 + 2.03125**2,
-        max_abs_delta=2**-5, rows=3, cols=4, unchanged_rows=1, unchanged_cols=1,
-    )),
-    "fp16": (torch.float16, HAND_W0, HAND_FP16_W1, dict(
-        numel=12, changed=4, changed_signed_zero=1, changed_nonfinite=1,
-        nan_a=1, nan_b=1, inf_a=1, inf_b=0, finite_pairs=10,
-        ulp_histogram=hist(b0=1, b1=1),
+        "within_rel": (8, 8, 8, 9, 10),
+        "hidden_by_bf16": None, "hidden_by_fp16": None,
+        "sum_sq_delta": 2**-14 + 2**-10, "sum_abs_delta": 2**-7 + 2**-5,
+        "sum_sq_a": HAND_SUM_SQ_A, "sum_sq_b": HAND_SUM_SQ_A - 1 - 4 + 1.0078125**2 + 2.03125**2,
+        "max_abs_delta": 2**-5, "rows": 3, "cols": 4, "unchanged_rows": 1, "unchanged_cols": 1,
+    }),
+    "fp16": (torch.float16, HAND_W0, HAND_FP16_W1, {
+        "numel": 12, "changed": 4, "changed_signed_zero": 1, "changed_nonfinite": 1,
+        "nan_a": 1, "nan_b": 1, "inf_a": 1, "inf_b": 0, "finite_pairs": 10,
+        "ulp_histogram": hist(b0=1, b1=1),
         # |Δ| = 2^-10 ≤ 1e-3 (float32 1e-3 is 0.0010000000475); 2^-8 exceeds it.
-        within_abs=(8, 8, 8, 8, 8, 9),
+        "within_abs": (8, 8, 8, 8, 8, 9),
         # |Δ|/|W0| = 2^-10 ≤ 1e-3; 2^-9 ≤ 1e-2.
-        within_rel=(8, 8, 9, 10, 10),
-        hidden_by_bf16=None, hidden_by_fp16=None,
-        sum_sq_delta=2**-20 + 2**-16, sum_abs_delta=2**-10 + 2**-8,
-        sum_sq_a=HAND_SUM_SQ_A, sum_sq_b=HAND_SUM_SQ_A - 1 - 4 + (1 + 2**-10) ** 2 + (2 + 2**-8) ** 2,
-        max_abs_delta=2**-8, rows=3, cols=4, unchanged_rows=1, unchanged_cols=1,
-    )),
-    "fp32": (torch.float32, HAND_FP32_W0, HAND_FP32_W1, dict(
-        numel=12, changed=5, changed_signed_zero=1, changed_nonfinite=1,
-        nan_a=1, nan_b=1, inf_a=1, inf_b=1, finite_pairs=10,
-        ulp_histogram=hist(b0=1, b13=1, b21=1),
+        "within_rel": (8, 8, 9, 10, 10),
+        "hidden_by_bf16": None, "hidden_by_fp16": None,
+        "sum_sq_delta": 2**-20 + 2**-16, "sum_abs_delta": 2**-10 + 2**-8,
+        "sum_sq_a": HAND_SUM_SQ_A, "sum_sq_b": HAND_SUM_SQ_A - 1 - 4 + (1 + 2**-10) ** 2 + (2 + 2**-8) ** 2,
+        "max_abs_delta": 2**-8, "rows": 3, "cols": 4, "unchanged_rows": 1, "unchanged_cols": 1,
+    }),
+    "fp32": (torch.float32, HAND_FP32_W0, HAND_FP32_W1, {
+        "numel": 12, "changed": 5, "changed_signed_zero": 1, "changed_nonfinite": 1,
+        "nan_a": 1, "nan_b": 1, "inf_a": 1, "inf_b": 1, "finite_pairs": 10,
+        "ulp_histogram": hist(b0=1, b13=1, b21=1),
         # |Δ| = 2^-23 ≈ 1.19e-7 > 1e-7; 0.5 and 2^-8 exceed every absolute tolerance.
-        within_abs=(7, 7, 8, 8, 8, 8),
+        "within_abs": (7, 7, 8, 8, 8, 8),
         # |Δ|/|W0|: 2^-23 (within all), 0.25 (none), 2^-10 ≤ 1e-3.
-        within_rel=(8, 8, 9, 9, 9),
+        "within_rel": (8, 8, 9, 9, 9),
         # 1+2^-23 rounds to 1 in bf16 and fp16; 4+2^-8 rounds to 4 in bf16 but is an fp16 value;
         # 2.5 is visible in both.
-        hidden_by_bf16=2, hidden_by_fp16=1,
-        sum_sq_delta=2**-46 + 0.25 + 2**-16, sum_abs_delta=2**-23 + 0.5 + 2**-8,
-        sum_sq_a=1 + 4 + 16 + 0 + 0.25 + 1 + 64 + 9 + 0.0625 + 4,
-        sum_sq_b=(1 + 2**-23) ** 2 + 6.25 + (4 + 2**-8) ** 2 + 0 + 0.25 + 1 + 64 + 9 + 0.0625 + 4,
-        max_abs_delta=0.5, rows=3, cols=4, unchanged_rows=1, unchanged_cols=0,
-    )),
+        "hidden_by_bf16": 2, "hidden_by_fp16": 1,
+        "sum_sq_delta": 2**-46 + 0.25 + 2**-16, "sum_abs_delta": 2**-23 + 0.5 + 2**-8,
+        "sum_sq_a": 1 + 4 + 16 + 0 + 0.25 + 1 + 64 + 9 + 0.0625 + 4,
+        "sum_sq_b": (1 + 2**-23) ** 2 + 6.25 + (4 + 2**-8) ** 2 + 0 + 0.25 + 1 + 64 + 9 + 0.0625 + 4,
+        "max_abs_delta": 0.5, "rows": 3, "cols": 4, "unchanged_rows": 1, "unchanged_cols": 0,
+    }),
 }
 
 
@@ -389,15 +389,15 @@ INTERPRETER_CASES: list[tuple[str, str, tuple[int, ...], str, dict]] = [
       for dt in ("bf16", "fp16", "fp32")
       for kind, shape, cfg in [
           ("special", (37, 51), {}),
-          ("rl", (64, 96), dict(tile_bytes=256, group=4)),
+          ("rl", (64, 96), {"tile_bytes": 256, "group": 4}),
           ("special", (1000,), {}),
           ("bits", (3, 5, 7), {}),
           ("rl", (2, 512), {}),
-          ("special", (24, 64), dict(tile_bytes=64, group=4)),
-          ("sparse", (48, 64), dict(tile_bytes=128, group=4)),
+          ("special", (24, 64), {"tile_bytes": 64, "group": 4}),
+          ("sparse", (48, 64), {"tile_bytes": 128, "group": 4}),
           ("edge", (16, 1024), {}),
-          ("edge", (32, 1024), dict(group=4)),
-          ("edge", (16, 1000), dict(group=8)),
+          ("edge", (32, 1024), {"group": 4}),
+          ("edge", (16, 1000), {"group": 8}),
       ]],
 ]
 _DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -442,7 +442,8 @@ def interpreter_results() -> dict[str, list[str]]:
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
         [str(REPO), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     code = "import json, test_kernels as t; print('RESULT' + json.dumps(t.run_interpreter_cases()))"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
     return json.loads(line[len("RESULT"):])

@@ -47,6 +47,7 @@ from probes.lab.recorder import EvalConfig, RunLabels, RunRecorder, heldout_gene
 from probes.lab.rewards import make_reward
 from probes.lab.sft import SFTConfig, train_sft
 from probes.lab.tasks import Problem, make_problems
+from probes.models import resolve_device
 
 LAB_SCHEMA = "dynamics.lab/1"
 RUN_SCHEMA = "dynamics.run/1"
@@ -129,14 +130,6 @@ def run_specs(rewards: list[str], seeds: list[int]) -> list[RunSpec]:
         for seed in seeds:
             specs.append(RunSpec("sft" if reward == "sft" else f"grpo-{reward}", reward, seed))
     return specs
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LabError("--device cuda: no CUDA device is available")
-    return torch.device(name)
 
 
 def run_study(config: LabConfig, out: Path, seeds: list[int], rewards: list[str] | None = None,
