@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dynamics.series import RunInfo, Series, find_runs, series
+from dynamics.geometry_options import GeometryOptions
+from dynamics.runs import RunInfo, find_runs
+from dynamics.series import Series, series
 from probes.behavior import BehaviorResult, behavior_probe
 from probes.generations import read_generations
 
@@ -21,12 +23,13 @@ class Comparison:
     without_generations: tuple[Path, ...]
 
 
-def compare_runs(paths: list[str | Path], manifest: str | Path | None = None, rank_k: int = 64,
-                 device: str = "auto", progress: bool = False) -> Comparison:
+def compare_runs(paths: list[str | Path], manifest: str | Path | None = None,
+                 geometry: GeometryOptions = GeometryOptions(), device: str = "auto",
+                 progress: bool = False) -> Comparison:
     """Series with geometry for every run found in `paths` (cached under each RUN/series) and the behavior
     probe over their `generations.jsonl`, relabelled with each run's run/seed/reward labels."""
     runs = find_runs(paths, manifest)
-    results = tuple(series(run.path, base=run.base, geometry=True, rank_k=rank_k, device=device, labels=run,
+    results = tuple(series(run.path, base=run.base, geometry=geometry, device=device, labels=run,
                            progress=progress) for run in runs)
     with_generations = [run for run in runs if (run.path / "generations.jsonl").is_file()]
     generations = [replace(g, run=run.run, seed=run.seed, reward=run.reward) for run in with_generations

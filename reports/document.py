@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dynamics.outputs import atomic_path
+from dynamics.documents import atomic_path
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,11 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
+from dynamics.documents import finite_json, read_json_document
 from dynamics.element_stats import ElementStats
 from dynamics.errors import DynamicsError
 from dynamics.metrics import MetricValue, derived_metrics
-from dynamics.outputs import finite_json
 from dynamics.result import SCHEMA, DiffResult
-from dynamics.series import read_json_document
 
 FISHER_SCHEMA = "dynamics.fisher/1"  # probes.fisher.SCHEMA, kept here so reports need not import torch
 

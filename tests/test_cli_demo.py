@@ -1,8 +1,8 @@
 import json
 
+import probes.lab.demo
 from lab_fixture import micro_lab_config
 
-import probes.lab.demo
 from dynamics.cli import main
 
 
