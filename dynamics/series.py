@@ -1,7 +1,7 @@
 """`series`: every checkpoint of a run diffed against the base and against the previous step.
 
-A run folder holds step folders named `checkpoint-N`, `global_step_N` or `step_N` (N = optimizer
-steps), directly or nested in a trainer's layout; the base comes from `--base` or from the run's
+A run folder holds step folders (`checkpoint-N`, `global_step_N`, `global_stepN`, `iter_NNNNNNN`, `step_N`:
+`dynamics.checkpoints.steps`), directly or nested in a trainer's layout; the base comes from `--base` or from the run's
 `run.json` ("base", relative to the run folder). Each diff is cached as a `dynamics.diff/1` JSON
 file under `OUT/cache/`, named by the step pair and a key of both resolved paths and the diff
 options, so an interrupted series resumes where it stopped and a cache made for another base or
@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from dynamics.api import diff
+from dynamics.checkpoints.steps import STEP_FOLDER_NAMES, step_of_folder
 from dynamics.errors import DynamicsError
 from dynamics.outputs import finite_json, write_json, write_json_document
 from dynamics.result import SCHEMA as DIFF_SCHEMA
@@ -31,7 +32,6 @@ from dynamics.result import SCHEMA as DIFF_SCHEMA
 SCHEMA = "dynamics.series/1"
 RUN_SCHEMA = "dynamics.run/1"
 KL_SCHEMA = "dynamics.kl/1"
-STEP_FOLDER = re.compile(r"^(?:checkpoint|global_step|step)[-_](\d+)$")
 SEARCH_DEPTH = 3  # levels below the run folder searched for step folders
 KL_FIELDS = ("kl_mean_per_token", "kl_median_per_token", "kl_p95_per_token", "kl_reverse_mean_per_token",
              "kl_mean_per_sequence", "tokens", "sequences")
@@ -217,11 +217,10 @@ def find_step_checkpoints(run_dir: str | Path) -> list[StepCheckpoint]:
         below = []
         for folder in level:
             for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                match = STEP_FOLDER.match(sub.name)
-                if match is None:
+                step = step_of_folder(sub.name)
+                if step is None:
                     below.append(sub)
                     continue
-                step = int(match.group(1))
                 if step in found:
                     raise SeriesError(f"{run_dir}: two folders for step {step} "
                                       f"({found[step].relative_to(run_dir)}, {sub.relative_to(run_dir)})")
@@ -229,7 +228,7 @@ def find_step_checkpoints(run_dir: str | Path) -> list[StepCheckpoint]:
         if found:
             return [StepCheckpoint(step, found[step]) for step in sorted(found)]
         level = below
-    raise SeriesError(f"{run_dir}: no checkpoint-N, global_step_N or step_N folder "
+    raise SeriesError(f"{run_dir}: no {STEP_FOLDER_NAMES} folder "
                       f"(searched {SEARCH_DEPTH} levels down)")
 
 

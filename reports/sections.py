@@ -18,7 +18,8 @@ def subtitle(doc: dict) -> list[str]:
     return [
         f"A (base): `{doc['a']['path']}`",
         f"B (tuned): `{doc['b']['path']}`",
-        (f"{summary['tensors']} tensor pairs, {summary['numel']:,} elements, stored as {dtypes}; "
+        (f"{summary['tensors']} tensor pairs, {summary['numel']:,} elements, compared in {dtypes}"
+         f"{_mixed_precision(doc)}; "
          f"diff ran on {doc['device']} in {doc['seconds']:.1f} s"),
     ]
 
@@ -26,12 +27,20 @@ def subtitle(doc: dict) -> list[str]:
 def unpaired_blocks(doc: dict) -> list[Block]:
     """What the diff could not compare, so a reader knows what the numbers leave out."""
     labels = {"only_a": "only in A", "only_b": "only in B", "shape_mismatch": "shape mismatch",
-              "dtype_mismatch": "dtype mismatch (compared in the narrower dtype)",
               "not_float": "not floating point"}
     counts = [f"{len(doc['unpaired'][key])} {label}" for key, label in labels.items() if doc["unpaired"].get(key)]
     if not counts:
         return []
     return [Paragraph("Not in these numbers: " + ", ".join(counts) + " (listed under `unpaired` in the diff JSON).")]
+
+
+def _mixed_precision(doc: dict) -> str:
+    """" (N pairs of different dtypes, A bfloat16 vs B float32, upcast exactly)" or ""."""
+    mixed = doc["unpaired"].get("dtype_mismatch") or []
+    if not mixed:
+        return ""
+    kinds = sorted({f"A {m['dtype_a']} vs B {m['dtype_b']}" for m in mixed})
+    return f" ({len(mixed)} pairs of different dtypes, {', '.join(kinds)}, upcast exactly)"
 
 
 def headline_table(doc: dict) -> Table:
