@@ -49,6 +49,9 @@ def diff(
     rank_k: int = 64,
     geometry_exact: bool = False,
     progress: bool = False,
+    component: str | None = None,
+    masters: bool = False,
+    adapter_base: str | Path | Checkpoint | None = None,
 ) -> DiffResult:
     """Compare checkpoint B (tuned) against A (base), tensor by tensor, in one fused pass each.
 
@@ -62,14 +65,22 @@ def diff(
             subspaces by randomized SVD (exact SVD with `geometry_exact`); pairs it cannot take
             (1-D, smaller than 2×2, NaN/Inf) are listed in `DiffResult.geometry_skipped`.
         progress: show a tqdm bar by bytes.
+        component: the verl component of step folders on either side (default "actor"), e.g. "critic".
+        masters: read fp32 master weights where a side holds them beside stored 16-bit weights
+            (DeepSpeed ZeRO, Megatron); each side's notes say which were read.
+        adapter_base: the checkpoint PEFT adapters on either side are merged onto (default: a), so
+            two steps of a LoRA run compare as two merged models.
 
     Example:
         >>> result = diff("runs/base", "runs/grpo-step-100")
         >>> result.summary().changed
     """
     target = resolve_device(device)
-    ckpt_a = a if isinstance(a, Checkpoint) else open_checkpoint(a)
-    ckpt_b = b if isinstance(b, Checkpoint) else open_checkpoint(b, base=ckpt_a)
+    options = {"component": component, "masters": masters}
+    base = adapter_base if isinstance(adapter_base, Checkpoint) or adapter_base is None else open_checkpoint(
+        adapter_base, **options)
+    ckpt_a = a if isinstance(a, Checkpoint) else open_checkpoint(a, base=base, **options)
+    ckpt_b = b if isinstance(b, Checkpoint) else open_checkpoint(b, base=base or ckpt_a, **options)
     normalise_pair(ckpt_a, ckpt_b)
     pairs, unpaired = pair_tensors(ckpt_a, ckpt_b, strict=strict)
 

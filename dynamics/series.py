@@ -246,10 +246,16 @@ def resolve_base(run_dir: str | Path, base: str | Path | None = None) -> Path:
     return path
 
 
-def cache_key(a: Path, b: Path, geometry: bool, rank_k: int) -> str:
-    """12 hex digits of SHA-256 over both resolved paths and the diff options that change numbers."""
+def cache_key(a: Path, b: Path, geometry: bool, rank_k: int, *, component: str | None = None,
+              masters: bool = False, adapter_base: Path | None = None) -> str:
+    """12 hex digits of SHA-256 over both resolved paths and the diff options that change numbers
+    (the weights read, and the base a PEFT adapter step merges onto, enter only when they matter)."""
     identity = {"schema": DIFF_SCHEMA, "a": str(Path(a).resolve()), "b": str(Path(b).resolve()),
                 "geometry": geometry, "rank_k": rank_k if geometry else None}
+    if component is not None or masters:
+        identity.update(component=component, masters=masters)
+    if adapter_base is not None and (Path(a) / "adapter_config.json").is_file():
+        identity["adapter_base"] = str(Path(adapter_base).resolve())
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -330,6 +336,8 @@ def series(
     kl: dict[int, Path] | None = None,
     labels: RunInfo | None = None,
     progress: bool = False,
+    component: str | None = None,
+    masters: bool = False,
 ) -> Series:
     """Diff every step of the run in `run_dir` against the base and against the previous step;
     write the diffs to `out/cache/` and `out/series.json` (atomically); return the series.
@@ -344,6 +352,7 @@ def series(
         kl: `dynamics.kl/1` files per step; default: `out/kl/step_N.json` where present.
         labels: run label, reward and seed to record; default: from run.json.
         progress: a tqdm bar over steps.
+        component, masters: which weights of each step (`dynamics.diff`); part of the cache key.
     """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "series"
@@ -357,10 +366,12 @@ def series(
     counts = {"computed": 0, "cached": 0}
 
     def cached_diff(a: Path, b: Path, name: str) -> dict:
-        path = out / "cache" / f"{name}-{cache_key(a, b, geometry, rank_k)}.json"
+        key = cache_key(a, b, geometry, rank_k, component=component, masters=masters, adapter_base=base_path)
+        path = out / "cache" / f"{name}-{key}.json"
         doc = _read_cache(path)
         if doc is None:
-            result = diff(a, b, device=device, geometry=geometry, rank_k=rank_k)
+            result = diff(a, b, device=device, geometry=geometry, rank_k=rank_k, component=component,
+                          masters=masters, adapter_base=base_path)
             write_json(result, path)
             doc = finite_json(result.to_json())
             counts["computed"] += 1
