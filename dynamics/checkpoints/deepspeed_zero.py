@@ -90,6 +90,9 @@ def open_deepspeed(path: Path, folder: Path, masters: bool = False) -> Checkpoin
         raise CheckpointError(f"{optim_files[0]}: ZeRO stage {stage} does not match the model states {model_files[0].name}")
     world = optim[0]["partition_count"]
     world = max(world) if isinstance(world, list) else int(world)
+    if world > len(optim_files):
+        raise CheckpointError(f"{folder}: the optimizer-state file of rank {len(optim_files)} is missing "
+                              f"(partition_count {world}, have ranks 0-{len(optim_files) - 1})")
     if world != len(optim_files):
         raise CheckpointError(f"{optim_files[0]}: partition_count {world}, but {len(optim_files)} optimizer-state files")
     groups_key = "fp32_flat_groups" if zero3 else "single_partition_of_fp32_groups"
@@ -109,8 +112,8 @@ def open_deepspeed(path: Path, folder: Path, masters: bool = False) -> Checkpoin
         return sources[name][1]()
 
     why = "masters=True" if masters else "ZeRO-3 model states hold placeholders, not 16-bit weights"
-    notes = [f"read: fp32 master weights from {groups_key} of {len(optim_files)} optimizer-state files "
-             f"(ZeRO-{stage}; {why})"]
+    notes = [(f"read: fp32 master weights from {groups_key} of {len(optim_files)} optimizer-state files "
+              f"(ZeRO-{stage}; {why})")]
     if kept:
         notes.append(f"{len(kept)} buffers / frozen parameters have no fp32 master: read as stored "
                      f"({', '.join(sorted(kept)[:5])})")
@@ -174,7 +177,7 @@ def _flat_groups(file: Path, states: dict, key: str) -> list[torch.Tensor]:
     groups = states.get(key)
     if not isinstance(groups, list) or not all(isinstance(g, torch.Tensor) for g in groups):
         raise CheckpointError(f"{file}: optimizer_state_dict has no {key} list of tensors")
-    return [g.reshape(-1) for g in groups]
+    return [g.detach().reshape(-1) for g in groups]
 
 
 def _virtual_slice(file: Path, name: str, parts: list[torch.Tensor], start: int, length: int) -> torch.Tensor:

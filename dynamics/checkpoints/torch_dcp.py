@@ -116,7 +116,7 @@ def open_dcp_folder(path: Path, folder: Path, masters: bool = False) -> Checkpoi
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # no_dist is meant
                 dcp.load({fqn_of[name]: out}, storage_reader=reader, no_dist=True)
-        except Exception as e:  # noqa: BLE001 - DCP wraps every failure of a load in its own exception types
+        except Exception as e:
             first = (str(e) or type(e).__name__).strip().splitlines()[0]
             raise CheckpointError(f"{folder}: tensor {fqn_of[name]}: cannot read: {first}") from e
         return out

@@ -64,7 +64,7 @@ def load_weights_only(file: Path, stand_ins: Sequence[tuple[type, str]] = ()) ->
     classes: nothing beyond tensors and these plain containers is built). Refusals and broken files
     are CheckpointErrors naming the file.
     """
-    import torch.distributed.tensor  # noqa: F401 - registers DTensor as a weights-only global
+    import torch.distributed.tensor
 
     mesh_log = logging.getLogger("torch.distributed.device_mesh")
     level = mesh_log.level

@@ -66,14 +66,14 @@ class _Layout:
 
 def open_verl_shards(path: Path, files: Sequence[Path]) -> Checkpoint:
     """The full tensors of the DTensor shards in `files` (rank order), each rebuilt on `read`."""
-    import torch.distributed.tensor  # noqa: F401 - registers DTensor and its specs as weights-only globals
+    import torch.distributed.tensor
     from torch.distributed.tensor import DTensor
 
     states = [_state_dict(file) for file in files]
     names = list(states[0])
     for file, state in zip(files[1:], states[1:]):
         if set(state) != set(names):
-            other = sorted(set(state) ^ set(names))[0]
+            other = min(set(state) ^ set(names))
             raise CheckpointError(f"{file}: tensor {other} is not in every rank file of {files[0].parent}")
     layouts: dict[str, _Layout] = {}
     plain: list[str] = []
@@ -106,8 +106,8 @@ def open_verl_shards(path: Path, files: Sequence[Path]) -> Checkpoint:
 
     tensors = {name: TensorInfo(name, layout.dtype, layout.shape, files[0]) for name, layout in layouts.items()}
     dtypes = sorted({str(layout.dtype).removeprefix("torch.") for layout in layouts.values()})
-    notes = [f"verl FSDP: {len(files)} DTensor rank files in {files[0].parent}, reassembled per tensor"
-             f" ({', '.join(dtypes)}: the parameters the optimizer updates)"]
+    notes = [(f"verl FSDP: {len(files)} DTensor rank files in {files[0].parent}, reassembled per tensor"
+              f" ({', '.join(dtypes)}: the parameters the optimizer updates)")]
     if plain:
         notes.append(f"{len(plain)} plain tensors (not DTensors) taken from rank 0: {', '.join(plain[:5])}")
     return Checkpoint(path, f"verl FSDP shards ({len(files)} ranks) in {files[0].parent}", tensors, read, notes=notes)
@@ -131,7 +131,7 @@ def _layout(file: Path, name: str, tensor: torch.Tensor, world: int) -> _Layout:
     for placement in placements:
         if type(placement) not in (Shard, Replicate):
             raise CheckpointError(
-                f"{file}: tensor {name}: placement {placement} is not supported (only Shard(d) and Replicate;"
+                f"{file}: tensor {name}: placement {type(placement).__name__} ({placement}) is not supported (only Shard(d) and Replicate;"
                 " _StridedShard from FSDP2 with tensor parallelism needs the strided layout of its plan)")
     if mesh.numel() != world or sorted(mesh.flatten().tolist()) != list(range(world)):
         raise CheckpointError(f"{file}: tensor {name}: device mesh {mesh.tolist()} does not match the {world} rank files")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-import torch  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import save_file
 
 OUT = Path(__file__).resolve().parents[1] / "fixtures" / "deepspeed"
 WORLD_SIZE = 2
