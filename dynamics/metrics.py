@@ -1,103 +1,221 @@
-"""Derived element metrics: ratios computed from additive `ElementStats` counters.
+"""The registry of derived numbers: every ratio, share or ratio-to-chance is defined here once.
 
-A metric is one function of `ElementStats` registered with `@element_metric`; per-tensor rows,
-per-layer / per-module-kind / model aggregates, JSON and HDF5 all pick it up from `ELEMENT_METRICS`.
-A ratio whose denominator is zero is None (JSON null), never NaN.
+A metric is one function registered with what it needs:
+- `element`: a function of additive `ElementStats` counters (per tensor, and of summed counters for a
+  layer, a module kind, a dtype or the model: element-weighted);
+- `matrix`: a function of a group of `TensorRecord`s that carry `GeometryStats` (the matrix pass);
+- `probe`: a function of a probe result (`probes.results`) and one parameter.
+
+JSON rows and aggregates, HDF5 columns, the terminal summary, series and the reports all read the
+registered value by name (`Metric.label` is its one human label). A ratio whose denominator is zero is
+None (JSON null), never NaN.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from dynamics.element_stats import ABS_TOLERANCES, REL_TOLERANCES, ElementStats
 
+if TYPE_CHECKING:
+    from dynamics.result import TensorRecord
+
+Needs = Literal["element", "matrix", "probe"]
 MetricValue = float | dict[str, float | None] | None
-ELEMENT_METRICS: dict[str, Callable[[ElementStats], MetricValue]] = {}
+
+# The absolute tolerance of the published sparsity numbers (|Δ| ≤ 1e-5); the key of its grid entry.
+HEADLINE_ABS_TOLERANCE: float = 1e-5
+HEADLINE_ABS_TOLERANCE_KEY: str = f"{HEADLINE_ABS_TOLERANCE:g}"
+assert HEADLINE_ABS_TOLERANCE in ABS_TOLERANCES
 
 
-def element_metric(fn: Callable[[ElementStats], MetricValue]) -> Callable[[ElementStats], MetricValue]:
-    """Register `fn` under its own name."""
-    ELEMENT_METRICS[fn.__name__] = fn
-    return fn
+@dataclass(frozen=True)
+class Metric:
+    """One registered number: its name, what it needs, its function, its label and number format.
+
+    `headline`: shown in the terminal summary's headline and in the reports' registered-metric tables.
+    """
+
+    name: str
+    needs: Needs
+    fn: Callable[..., MetricValue]
+    label: str
+    fmt: str = ".4f"
+    headline: bool = False
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register(needs: Needs, label: str, fmt: str = ".4f", headline: bool = False) -> Callable:
+    """Decorator: register `fn` under its own name (a name is registered once)."""
+
+    def decorate(fn: Callable[..., MetricValue]) -> Callable[..., MetricValue]:
+        if fn.__name__ in METRICS:
+            raise ValueError(f"metric {fn.__name__} is registered twice")
+        METRICS[fn.__name__] = Metric(fn.__name__, needs, fn, label, fmt, headline)
+        return fn
+
+    return decorate
+
+
+def unregister(name: str) -> None:
+    """Remove a metric (tests that register a toy metric clean up with this)."""
+    METRICS.pop(name)
+
+
+def metrics_needing(needs: Needs) -> dict[str, Metric]:
+    return {name: m for name, m in METRICS.items() if m.needs == needs}
+
+
+def derived_metrics(s: ElementStats) -> dict[str, MetricValue]:
+    """Every registered element metric of `s`, by name."""
+    return {name: m.fn(s) for name, m in metrics_needing("element").items()}
+
+
+def matrix_metrics(records: Sequence[TensorRecord]) -> dict[str, MetricValue]:
+    """Every registered matrix metric of a group of records (those without geometry are ignored)."""
+    with_geometry = [r for r in records if r.geometry is not None]
+    return {name: m.fn(with_geometry) for name, m in metrics_needing("matrix").items()}
+
+
+def probe_value(name: str, result: Any, parameter: Any = None) -> MetricValue:
+    """The registered probe metric `name` of a probe result."""
+    metric = METRICS[name]
+    if metric.needs != "probe":
+        raise ValueError(f"{name} is a {metric.needs} metric, not a probe metric")
+    return metric.fn(result, parameter)
+
+
+def format_value(name: str, value: MetricValue) -> str:
+    """`value` in the metric's registered format; "n/a" for None."""
+    return "n/a" if value is None or isinstance(value, dict) else format(value, METRICS[name].fmt)
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
-@element_metric
+# --- element metrics (Gate III: precision) -------------------------------------------------------
+
+@register("element", "bitwise sparsity", headline=True)
 def bitwise_sparsity(s: ElementStats) -> float | None:
     """1 − changed / n: share of elements whose stored bits are identical."""
     return None if s.numel == 0 else 1.0 - s.changed / s.numel
 
 
-@element_metric
+@register("element", "‖Δ‖_F", ".3e")
 def update_norm(s: ElementStats) -> float:
     """‖Δ‖_F = sqrt(Σ Δ²) over finite pairs."""
     return math.sqrt(s.sum_sq_delta)
 
 
-@element_metric
+@register("element", "‖W0‖_F", ".3e")
 def base_norm(s: ElementStats) -> float:
     """‖W0‖_F over finite pairs."""
     return math.sqrt(s.sum_sq_a)
 
 
-@element_metric
+@register("element", "relative update norm", ".3e", headline=True)
 def relative_update_norm(s: ElementStats) -> float | None:
     """‖Δ‖_F / ‖W0‖_F; None when W0 = 0."""
     return _ratio(math.sqrt(s.sum_sq_delta), math.sqrt(s.sum_sq_a))
 
 
-@element_metric
+@register("element", "mean |Δ| of moved", ".3e")
 def mean_abs_delta_moved(s: ElementStats) -> float | None:
     """Σ|Δ| / moved: mean |Δ| of the elements that moved (finite, not ±0 flips)."""
     return _ratio(s.sum_abs_delta, s.moved)
 
 
-@element_metric
+@register("element", "one-ULP share of moved", headline=True)
 def one_ulp_fraction(s: ElementStats) -> float | None:
     """Share of moved elements that moved by exactly one ULP of the stored dtype."""
     return _ratio(s.ulp_histogram[0], s.moved)
 
 
-@element_metric
+@register("element", "≤ 2-ULP share of moved")
+def two_ulp_fraction(s: ElementStats) -> float | None:
+    """Share of moved elements that moved by one or two ULPs (histogram buckets 1 and 2)."""
+    return _ratio(s.ulp_histogram[0] + s.ulp_histogram[1], s.moved)
+
+
+@register("element", "abs tolerance sparsity")
 def abs_tolerance_sparsity(s: ElementStats) -> dict[str, float | None]:
     """For each τ: (finite pairs with |Δ| ≤ τ) / n; non-finite pairs count as changed."""
     return {f"{t:g}": _ratio(c, s.numel) for t, c in zip(ABS_TOLERANCES, s.within_abs)}
 
 
-@element_metric
+@register("element", f"abs tolerance sparsity (|Δ|≤{HEADLINE_ABS_TOLERANCE:g})", headline=True)
+def headline_tolerance_sparsity(s: ElementStats) -> float | None:
+    """(finite pairs with |Δ| ≤ 1e-5) / n: the published absolute-tolerance sparsity."""
+    return _ratio(s.within_abs[ABS_TOLERANCES.index(HEADLINE_ABS_TOLERANCE)], s.numel)
+
+
+@register("element", "rel tolerance sparsity")
 def rel_tolerance_sparsity(s: ElementStats) -> dict[str, float | None]:
     """For each τ: (finite pairs with |Δ| ≤ τ·max(|W0|, ε)) / n."""
     return {f"{t:g}": _ratio(c, s.numel) for t, c in zip(REL_TOLERANCES, s.within_rel)}
 
 
-@element_metric
+@register("element", "hidden by bf16 (fp32 pairs)")
 def hidden_by_bf16_fraction(s: ElementStats) -> float | None:
     """float32 pairs: share of moved elements whose bf16 roundings are equal (None otherwise)."""
     return None if s.hidden_by_bf16 is None else _ratio(s.hidden_by_bf16, s.moved)
 
 
-@element_metric
+@register("element", "hidden by fp16 (fp32 pairs)")
 def hidden_by_fp16_fraction(s: ElementStats) -> float | None:
     """float32 pairs: share of moved elements whose fp16 roundings are equal (None otherwise)."""
     return None if s.hidden_by_fp16 is None else _ratio(s.hidden_by_fp16, s.moved)
 
 
-@element_metric
+@register("element", "unchanged rows")
 def unchanged_row_fraction(s: ElementStats) -> float | None:
     """2-D tensors: share of rows with no changed element (None for other ranks)."""
     return None if s.rows is None else _ratio(s.unchanged_rows, s.rows)
 
 
-@element_metric
+@register("element", "unchanged columns")
 def unchanged_col_fraction(s: ElementStats) -> float | None:
     """2-D tensors: share of columns with no changed element (None for other ranks)."""
     return None if s.cols is None else _ratio(s.unchanged_cols, s.cols)
 
 
-def derived_metrics(s: ElementStats) -> dict[str, MetricValue]:
-    """Every registered metric of `s`, by name."""
-    return {name: fn(s) for name, fn in ELEMENT_METRICS.items()}
+# --- matrix metrics (Gate II: geometry), over a group of matrices ---------------------------------
+
+def _energy_weighted(records: Sequence[TensorRecord], field: str) -> float | None:
+    weighted = [(getattr(r.geometry, field), r.stats.sum_sq_delta) for r in records
+                if r.geometry.principal_energy is not None]
+    total = sum(w for _, w in weighted)
+    return sum(v * w for v, w in weighted) / total if total else None
+
+
+@register("matrix", "ρ_k (Δ-weighted)", ".2e")
+def principal_energy_weighted(records: Sequence[TensorRecord]) -> float | None:
+    """Σ_t ρ_k(t)·‖Δ_t‖² / Σ_t ‖Δ_t‖²: the share of the group's update energy inside W0's top-k blocks."""
+    return _energy_weighted(records, "principal_energy")
+
+
+@register("matrix", "ρ_k / random baseline (Δ-weighted)", ".2f", headline=True)
+def principal_energy_ratio(records: Sequence[TensorRecord]) -> float | None:
+    """Σ_t ρ_k(t)‖Δ_t‖² / Σ_t (k²/(m_t n_t))‖Δ_t‖²: the group's principal energy over a random direction's.
+
+    The one definition of "ρ_k / random baseline" (terminal, JSON, series, reports). Matrices with Δ = 0
+    carry no weight; None without geometry or without any update energy.
+    """
+    energy = _energy_weighted(records, "principal_energy")
+    baseline = _energy_weighted(records, "principal_energy_baseline")
+    return energy / baseline if energy is not None and baseline else None
+
+
+# --- probe metrics ---------------------------------------------------------------------------------
+
+@register("probe", "share of ‖Δ‖² on top-q% Fisher / chance", ".2f")
+def fisher_share_over_chance(result: Any, q_percent: float) -> float | None:
+    """share_top_q(q) / (q/100): how many times chance the update's energy on the top-q% Fisher coordinates is."""
+    share = result.model["share_top_q"].get(f"{q_percent:g}")
+    return None if share is None else share / (q_percent / 100)

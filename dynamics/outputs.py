@@ -1,58 +1,25 @@
-"""Write a `DiffResult` as JSON and HDF5, atomically (temporary file in the same folder + rename)."""
+"""Write a `DiffResult` as JSON and HDF5, atomically (`dynamics.documents.atomic_path`)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
-import os
-from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from dynamics.documents import DIFF_SCHEMA, atomic_path, finite_json, write_json_document
 from dynamics.element_stats import ElementStats
-from dynamics.metrics import ELEMENT_METRICS, derived_metrics
-from dynamics.result import SCHEMA, DiffResult
+from dynamics.metrics import derived_metrics, metrics_needing
+from dynamics.result import DiffResult
 
 NOT_APPLICABLE_INT = -1  # HDF5 stand-in for None in integer columns (e.g. rows of a 1-D tensor)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_document(doc: dict, path: str | Path) -> None:
-    """Any JSON document, atomically; NaN/Inf floats become null so the file is strict JSON."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(finite_json(doc), indent=1, allow_nan=False))
 
 
 def write_json(result: DiffResult, path: str | Path) -> None:
     """The `dynamics.diff/1` document of `result` (see `write_json_document`)."""
     write_json_document(result.to_json(), path)
-
-
-def finite_json(value):
-    """`value` with NaN/Inf floats replaced by None, recursively (strict JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(v) for v in value]
-    return value
 
 
 def write_h5(result: DiffResult, path: str | Path) -> None:
@@ -62,7 +29,7 @@ def write_h5(result: DiffResult, path: str | Path) -> None:
     after the matrix pass, and bit-packed update masks in `/masks/<tensor name>` when present.
     Integer None → -1, float None → NaN."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["schema"] = SCHEMA
+        f.attrs["schema"] = DIFF_SCHEMA
         f.attrs["a"] = result.a.path
         f.attrs["b"] = result.b.path
         f.attrs["device"] = result.device
@@ -99,7 +66,7 @@ def _write_rows(group: h5py.Group, rows: list[ElementStats]) -> None:
             group.create_dataset(f.name, data=np.array(
                 [NOT_APPLICABLE_INT if v is None else v for v in values], dtype=np.int64))
     derived = [derived_metrics(s) for s in rows]
-    for name in ELEMENT_METRICS:
+    for name in metrics_needing("element"):
         values = [d[name] for d in derived]
         if all(v is None or isinstance(v, float) for v in values):
             group.create_dataset(name, data=np.array([np.nan if v is None else v for v in values], dtype=np.float64))

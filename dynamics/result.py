@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import reduce
+from pathlib import Path
 
+from dynamics.documents import DIFF_SCHEMA, check_schema, read_json_document
 from dynamics.element_stats import ABS_TOLERANCES, REL_TOLERANCES, ElementStats, ulp_bucket_labels
 from dynamics.geometry import GeometryStats
-from dynamics.metrics import derived_metrics
+from dynamics.metrics import derived_metrics, matrix_metrics
 from dynamics.naming import MODULE_KINDS
 from dynamics.pairing import Unpaired
 
-SCHEMA = "dynamics.diff/1"
+SCHEMA = DIFF_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,25 @@ class TensorRecord:
             row["geometry"] = geometry_row(self.geometry)
         return row
 
+    @staticmethod
+    def from_row(row: dict) -> TensorRecord:
+        """The record a `to_row` row was made from (singular values, kept in HDF5 only, are empty)."""
+        geometry = None
+        if row.get("geometry") is not None:
+            geometry = GeometryStats(**row["geometry"], **{k: () for k in _SINGULAR_VALUE_FIELDS})
+        return TensorRecord(name=row["name"], layer=row["layer"], module_kind=row["module_kind"],
+                            shape=tuple(row["shape"]), dtype=row["dtype"], stats=stats_from_row(row),
+                            geometry=geometry)
+
+
+_TUPLE_FIELDS = ("ulp_histogram", "within_abs", "within_rel")
+
+
+def stats_from_row(row: dict) -> ElementStats:
+    """The `ElementStats` counters stored in a JSON row (per tensor or aggregate)."""
+    return ElementStats(**{f.name: tuple(row[f.name]) if f.name in _TUPLE_FIELDS else row[f.name]
+                           for f in fields(ElementStats)})
+
 
 _SINGULAR_VALUE_FIELDS = ("singular_values_a", "singular_values_b", "singular_values_delta")
 
@@ -59,8 +80,9 @@ def geometry_row(g: GeometryStats) -> dict:
 
 
 def geometry_means(records: list[TensorRecord]) -> dict | None:
-    """Unweighted mean over matrices of every geometry metric (None entries skipped), plus the
-    Δ-energy-weighted principal energy Σ ρ_k‖Δ‖² / Σ ‖Δ‖² and its baseline; None without geometry."""
+    """Unweighted mean over matrices of every `GeometryStats` field (None entries skipped), plus every
+    registered matrix metric of the group (`dynamics.metrics`, e.g. the Δ-weighted
+    `principal_energy_ratio`); None without geometry."""
     rows = [(geometry_row(r.geometry), r.stats.sum_sq_delta) for r in records if r.geometry is not None]
     if not rows:
         return None
@@ -70,13 +92,7 @@ def geometry_means(records: list[TensorRecord]) -> dict | None:
             means[key] = {p: _mean([row[key][p] for row, _ in rows if p in row[key]]) for p in first}
         elif not isinstance(first, bool):
             means[key] = _mean([row[key] for row, _ in rows])
-    weighted = [(row, w) for row, w in rows if row["principal_energy"] is not None]
-    total = sum(w for _, w in weighted)
-    if total:
-        means["principal_energy_weighted"] = sum(row["principal_energy"] * w for row, w in weighted) / total
-        means["principal_energy_baseline_weighted"] = (
-            sum(row["principal_energy_baseline"] * w for row, w in weighted) / total)
-    return means
+    return {**means, **matrix_metrics(records)}
 
 
 def _mean(values: list) -> float | None:
@@ -107,6 +123,25 @@ class DiffResult:
     bytes_read: int
     masks: dict = field(default_factory=dict)
     geometry_skipped: list[dict] = field(default_factory=list)
+
+    @staticmethod
+    def from_json(doc: dict) -> DiffResult:
+        """The result a `dynamics.diff/1` document was written from (`to_json` read back; masks and
+        singular values live in HDF5 and come back empty). Aggregates are recomputed from the rows."""
+        check_schema(doc, DIFF_SCHEMA)
+        return DiffResult(
+            a=CheckpointSide(**doc["a"]), b=CheckpointSide(**doc["b"]),
+            records=[TensorRecord.from_row(row) for row in doc["tensors"]],
+            unpaired=Unpaired(**doc["unpaired"]), device=doc["device"], seconds=doc["seconds"],
+            bytes_read=doc["bytes_read"], geometry_skipped=list((doc.get("geometry") or {}).get("skipped", [])))
+
+    @staticmethod
+    def read_json(path: str | Path) -> DiffResult:
+        """`from_json` of the file `dynamics diff --json` wrote; a bad file is one DynamicsError naming it."""
+        return DiffResult.from_json(read_json_document(path, DIFF_SCHEMA))
+
+    def has_geometry(self) -> bool:
+        return any(r.geometry is not None for r in self.records)
 
     def summary(self) -> ElementStats:
         return aggregate(self.records)
@@ -142,7 +177,7 @@ class DiffResult:
         """The `dynamics.diff/1` JSON document."""
         summary = self.summary()
         return {
-            "schema": SCHEMA,
+            "schema": DIFF_SCHEMA,
             "a": asdict(self.a),
             "b": asdict(self.b),
             "device": self.device,

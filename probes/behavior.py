@@ -15,15 +15,14 @@ shifts (`seed_shifts`).
 
 from __future__ import annotations
 
-import argparse
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from dynamics.documents import BEHAVIOR_SCHEMA, finite_json
 from dynamics.errors import DynamicsError
-from dynamics.outputs import finite_json, write_json_document
 from probes.features import (
     REASONING_KEYWORDS,
     VERIFIER,
@@ -33,7 +32,7 @@ from probes.features import (
     response_length,
     uses_code_reasoning,
 )
-from probes.generations import Generation, read_generations
+from probes.generations import Generation
 from probes.statistics import (
     bootstrap_mean_ci,
     paired_difference_ci,
@@ -42,7 +41,6 @@ from probes.statistics import (
     unpaired_difference_ci,
 )
 
-SCHEMA = "dynamics.behavior/1"
 METRICS = ("accuracy", "code_rate", "keyword_rate", "format_rate", "length")
 SMALL_BENCHMARK_PROMPTS = 100  # below this, a few points of difference is within seed-to-seed noise
 
@@ -107,7 +105,7 @@ class BehaviorResult:
 
     def to_json(self) -> dict:
         """The `dynamics.behavior/1` document."""
-        return finite_json({"schema": SCHEMA, "verifier": self.verifier, "length_unit": self.length_unit,
+        return finite_json({"schema": BEHAVIOR_SCHEMA, "verifier": self.verifier, "length_unit": self.length_unit,
                             "keywords": list(self.keywords), "metrics": list(METRICS),
                             "groups": [asdict(g) for g in self.groups], "shifts": [asdict(s) for s in self.shifts],
                             "seed_shifts": [asdict(s) for s in self.seed_shifts]})
@@ -199,54 +197,3 @@ def behavior_probe(generations: Sequence[Generation], tokenizer=None, keywords: 
         for (run, a, b, m), d in sorted(per_seed.items()))
     return BehaviorResult(VERIFIER, "tokens" if tokenizer is not None else "words", keywords, groups,
                           tuple(shifts), seed_shifts)
-
-
-def _fmt(value: float, metric: str) -> str:
-    return f"{value:.1f}" if metric == "length" else f"{value:.3f}"
-
-
-def format_behavior(result: BehaviorResult) -> str:
-    """Groups and shifts as text tables; every estimate is printed with its 95% CI, never bare."""
-    lines = [f"Behavior ({result.verifier}; length in {result.length_unit}); mean [95% CI over prompts]", ""]
-    header = f"{'run':<18}{'step':>6}{'seed':>5}{'prompts':>8}  " + "  ".join(f"{m:<22}" for m in METRICS)
-    lines += [header, "-" * len(header)]
-    for g in result.groups:
-        cells = [f"{_fmt(e.mean, m)} [{_fmt(e.ci95[0], m)}, {_fmt(e.ci95[1], m)}]" if e else "n/a"
-                 for m, e in g.values.items()]
-        lines.append(f"{g.run:<18}{g.step:>6}{g.seed:>5}{g.n_prompts:>8}  " + "  ".join(f"{c:<22}" for c in cells))
-    if result.shifts:
-        lines += ["", "Shifts vs the run's first step: delta [95% CI], paired permutation p", ""]
-        for sh in result.shifts:
-            p = f"p={sh.p_value:.3g}" if sh.p_value is not None else "unpaired"
-            lines.append(f"{sh.run:<18} seed {sh.seed:<3} step {sh.from_step}->{sh.to_step:<6} {sh.metric:<13}"
-                         f"{_fmt(sh.delta, sh.metric):>8} [{_fmt(sh.ci95[0], sh.metric)}, "
-                         f"{_fmt(sh.ci95[1], sh.metric)}]  {p}  (n={sh.n_prompts})")
-    multi = [s for s in result.seed_shifts if s.n_seeds > 1]
-    if multi:
-        lines += ["", "Across seeds: mean ± std [95% t-interval]", ""]
-        for s in multi:
-            lines.append(f"{s.run:<18} step {s.from_step}->{s.to_step:<6} {s.metric:<13}{_fmt(s.mean, s.metric):>8}"
-                         f" ± {_fmt(s.std, s.metric)} [{_fmt(s.ci95[0], s.metric)}, {_fmt(s.ci95[1], s.metric)}]"
-                         f"  ({s.n_seeds} seeds)")
-    smallest = min(g.n_prompts for g in result.groups)
-    if smallest < SMALL_BENCHMARK_PROMPTS:
-        lines += ["", (f"warning: small benchmark ({smallest} prompts in the smallest group, < "
-                       f"{SMALL_BENCHMARK_PROMPTS}): differences of a few points are within seed-to-seed noise; "
-                       "read the intervals, not the means.")]
-    return "\n".join(lines)
-
-
-def run_behavior_command(args: argparse.Namespace) -> None:
-    """`dynamics probe behavior gens.jsonl...`: score, print the tables, optionally write --json."""
-    generations = [g for path in args.generations for g in read_generations(path)]
-    tokenizer = None
-    if args.tokenizer:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True, trust_remote_code=False)
-    keywords = tuple(k.strip() for k in args.keywords.split(",") if k.strip()) if args.keywords else None
-    result = behavior_probe(generations, tokenizer, keywords, args.bootstrap, args.permutations, args.seed)
-    print(format_behavior(result))
-    if args.json:
-        write_json_document(result.to_json(), args.json)
-        print(f"\nwrote {args.json}")

@@ -11,7 +11,6 @@ Memory: BASE in float32 plus one float32 accumulator per selected weight (`layer
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -22,12 +21,13 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
+from dynamics.api import open_pair
+from dynamics.devices import resolve_device
+from dynamics.documents import FISHER_SCHEMA, check_schema, finite_json, read_json_document
 from dynamics.naming import layer_index
-from dynamics.outputs import finite_json, write_json_document
-from probes.models import ProbeError, format_for_model, load_model, load_tokenizer, read_prompts, resolve_device
+from probes.models import ProbeError, format_for_model, load_model, load_tokenizer
 from probes.sampling import Batch, generate, token_log_probs
 
-SCHEMA = "dynamics.fisher/1"
 Q_PERCENT = (1, 5, 10)
 SPEARMAN_MAX_POINTS = 1_000_000
 
@@ -51,9 +51,21 @@ class FisherResult:
 
     def to_json(self) -> dict:
         """The `dynamics.fisher/1` document."""
-        return finite_json({"schema": SCHEMA, "base": self.base, "tuned": self.tuned,
+        return finite_json({"schema": FISHER_SCHEMA, "base": self.base, "tuned": self.tuned,
                             "q_percent": list(self.q_percent), "samples": self.samples,
                             "tensors": [asdict(t) for t in self.tensors], "model": self.model})
+
+    @staticmethod
+    def from_json(doc: dict) -> FisherResult:
+        """The result a `dynamics.fisher/1` document was written from."""
+        check_schema(doc, FISHER_SCHEMA)
+        return FisherResult(doc["base"], doc["tuned"], tuple(doc["q_percent"]), doc["samples"],
+                            tuple(TensorAlignment(**t) for t in doc["tensors"]), doc["model"])
+
+    @staticmethod
+    def read_json(path: str | Path) -> FisherResult:
+        """`from_json` of a file `dynamics probe fisher --json` wrote; a bad file is one error naming it."""
+        return FisherResult.from_json(read_json_document(path, FISHER_SCHEMA, ProbeError))
 
 
 def empirical_fisher_diagonal(parameters: dict[str, torch.nn.Parameter],
@@ -131,20 +143,24 @@ def fisher_alignment(base: str | Path, tuned: str | Path, prompts: list, *, samp
                      max_new_tokens: int = 128, temperature: float = 1.0, layers: set[int] | None = None,
                      seed: int = 0, chat_template: bool = True, device: str = "auto",
                      progress: bool = False) -> FisherResult:
-    """Empirical Fisher of `base` on its own samples, then the alignment of Δ = tuned − base (module doc)."""
+    """Empirical Fisher of `base` on its own samples, then the alignment of Δ = tuned − base (module doc).
+
+    Δ is read from the checkpoints through `dynamics.api.open_pair`, the diff's own road: any format the
+    diff opens, a PEFT adapter merged onto `base`, names normalised and paired."""
     target = resolve_device(device)
     tokenizer = load_tokenizer(base)
     model = load_model(base, target, float32=True)  # float32 gradients: squares of bf16 ones lose the tail
-    tuned_state = load_model(tuned, torch.device("cpu")).state_dict()
+    ckpt_base, ckpt_tuned, pairs, _ = open_pair(base, tuned)
+    paired = {pair.name: pair for pair in pairs}
     selected = {name: p for name, p in model.named_parameters()
                 if p.ndim == 2 and (layers is None or layer_index(name) in layers)}
     if not selected:
         raise ProbeError(f"{base}: no 2-D weights in the selected layers {sorted(layers or [])}")
     for name, p in model.named_parameters():
         p.requires_grad_(name in selected)
-    missing = [name for name in selected if name not in tuned_state]
+    missing = [name for name in selected if name not in paired]
     if missing:
-        raise ProbeError(f"{tuned}: tensor {missing[0]} missing (base has it)")
+        raise ProbeError(f"{tuned}: tensor {missing[0]} does not pair with the base's (missing or another shape)")
     torch.manual_seed(seed)
     texts = [format_for_model(tokenizer, p.prompt, chat_template) for p in prompts for _ in range(samples_per_prompt)]
     losses = []
@@ -154,10 +170,9 @@ def fisher_alignment(base: str | Path, tuned: str | Path, prompts: list, *, samp
     fisher, n = empirical_fisher_diagonal(selected, tqdm(losses, desc="fisher", disable=not progress))
     rows, energy, total = [], {str(q): 0.0 for q in Q_PERCENT}, 0.0
     for name, p in selected.items():
-        if tuned_state[name].shape != p.shape:
-            raise ProbeError(f"{tuned}: tensor {name} has shape {tuple(tuned_state[name].shape)}, "
-                             f"base {tuple(p.shape)}")
-        delta = tuned_state[name].to(target, torch.float32) - p.detach().float()
+        pair = paired[name]  # Δ from the checkpoint files, exactly as `dynamics diff` pairs them
+        delta = (ckpt_tuned.read(name).to(target, pair.compare_dtype).float()
+                 - ckpt_base.read(name).to(target, pair.compare_dtype).float())
         row, energies, delta_sq = align(name, delta, fisher[name], seed=seed)
         rows.append(row)
         total += delta_sq
@@ -167,27 +182,3 @@ def fisher_alignment(base: str | Path, tuned: str | Path, prompts: list, *, samp
     model_summary = {"share_top_q": {q: (e / total if total > 0 else None) for q, e in energy.items()},
                      "spearman_median": float(np.median(rhos)) if rhos else None}
     return FisherResult(str(base), str(tuned), Q_PERCENT, n, tuple(rows), model_summary)
-
-
-def format_fisher(result: FisherResult) -> str:
-    lines = [f"Fisher alignment of {result.tuned} - {result.base} ({result.samples} base samples)",
-             "  share of ||delta||^2 on the top-q% Fisher coordinates (chance = q%):"]
-    for q in result.q_percent:
-        share = result.model["share_top_q"][str(q)]
-        lines.append(f"    q = {q:>2}%: {'n/a' if share is None else f'{100 * share:.2f}%'}")
-    rho = result.model["spearman_median"]
-    lines.append(f"  Spearman rho(|delta|, F) over changed weights, median over tensors: "
-                 f"{'n/a' if rho is None else f'{rho:.3f}'}")
-    return "\n".join(lines)
-
-
-def run_fisher_command(args: argparse.Namespace) -> None:
-    """`dynamics probe fisher BASE TUNED --prompts P`."""
-    result = fisher_alignment(args.base, args.tuned, read_prompts(args.prompts),
-                              samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
-                              temperature=args.temperature, layers=parse_layers(args.layers), seed=args.seed,
-                              chat_template=not args.no_chat_template, device=args.device, progress=not args.quiet)
-    print(format_fisher(result))
-    if args.json:
-        write_json_document(result.to_json(), args.json)
-        print(f"wrote {args.json}")

@@ -6,15 +6,12 @@ the same seed, batch size and device give the same file.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from probes.generations import Generation, write_generations
-from probes.models import Prompt, format_for_model, load_model, load_tokenizer, read_prompts, resolve_device
+from probes.generations import Generation
+from probes.models import Prompt, format_for_model
 from probes.sampling import decode_responses, generate
 
 
@@ -46,18 +43,3 @@ def generate_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
             bar.update(len(chunk))
     bar.close()
     return out
-
-
-def run_generate_command(args: argparse.Namespace) -> None:
-    """`dynamics probe generate MODEL --prompts P --out gens.jsonl`."""
-    device = resolve_device(args.device)
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, device)
-    generations = generate_responses(
-        model, tokenizer, read_prompts(args.prompts), greedy=not args.no_greedy,
-        samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
-        run=args.run_label or Path(args.model).resolve().name, step=args.step, reward=args.reward,
-        chat_template=not args.no_chat_template, progress=not args.quiet)
-    write_generations(generations, args.out)
-    print(f"wrote {len(generations)} responses to {args.out}")

@@ -14,12 +14,12 @@ Missing optional fields take the defaults below, so a file with only prompt/resp
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from dynamics.documents import atomic_path, jsonl_records
 from dynamics.errors import DynamicsError
-from dynamics.outputs import atomic_path
 
 REWARD_LABELS = ("true", "majority", "format", "random", "incorrect", "noisy", "sft", "none")
 
@@ -49,22 +49,6 @@ class Generation:
 def reward_family(reward: str) -> str:
     """`noisy-0.2` → `noisy`; every other label is its own family (used for colours and grouping)."""
     return reward.split("-", 1)[0]
-
-
-def jsonl_records(path: str | Path, error: type[DynamicsError]) -> Iterator[tuple[int, object]]:
-    """(line number, parsed JSON) for every non-blank line; an unreadable file or a line that is not JSON
-    raises `error` naming the file (and line)."""
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise error(f"{path}: cannot read ({e.strerror or e})") from e
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise error(f"{path}:{number}: not JSON ({e.msg})") from e
 
 
 def read_generations(path: str | Path) -> list[Generation]:

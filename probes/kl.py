@@ -10,7 +10,6 @@ end-of-text); padding never does. Identical models give exactly 0.
 
 from __future__ import annotations
 
-import argparse
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,11 +21,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dynamics.outputs import atomic_path, finite_json, write_json_document
-from probes.models import ProbeError, Prompt, format_for_model, load_model, load_tokenizer, read_prompts, resolve_device
+from dynamics.devices import resolve_device
+from dynamics.documents import KL_SCHEMA, atomic_path, check_schema, finite_json, read_json_document
+from probes.models import ProbeError, Prompt, format_for_model, load_model, load_tokenizer
 from probes.sampling import Batch, autocast, encode_prompts, generate
 
-SCHEMA = "dynamics.kl/1"
 TOP_TOKENS = 20
 # Positions whose float32 vocabulary rows are live at once: 1024 × 152k × 4 B × ~5 temporaries ≈ 3 GB.
 KL_CHUNK_POSITIONS = 1024
@@ -64,13 +63,25 @@ class KLResult:
     sequences: int
     top_tokens: tuple[TopToken, ...]
     sampling: dict
-    per_token: TokenKL = field(repr=False, compare=False)
+    per_token: TokenKL | None = field(default=None, repr=False, compare=False)  # None when read from JSON
 
     def to_json(self) -> dict:
         """The `dynamics.kl/1` document (per-token values go to HDF5, not JSON)."""
         doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "per_token"}
         doc["top_tokens"] = [asdict(t) for t in self.top_tokens]
-        return finite_json({"schema": SCHEMA, **doc})
+        return finite_json({"schema": KL_SCHEMA, **doc})
+
+    @staticmethod
+    def from_json(doc: dict) -> KLResult:
+        """The result a `dynamics.kl/1` document was written from (per-token values, kept in HDF5, are None)."""
+        check_schema(doc, KL_SCHEMA)
+        names = {f.name for f in fields(KLResult)} - {"per_token", "top_tokens"}
+        return KLResult(**{k: doc[k] for k in names}, top_tokens=tuple(TopToken(**t) for t in doc["top_tokens"]))
+
+    @staticmethod
+    def read_json(path: str | Path) -> KLResult:
+        """`from_json` of a file `dynamics probe kl --json` wrote; a bad file is one error naming it."""
+        return KLResult.from_json(read_json_document(path, KL_SCHEMA, ProbeError))
 
 
 def token_kl(tuned_logits: torch.Tensor, base_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,42 +204,6 @@ def kl_drift(base: str | Path, tuned: str | Path, prompts: list[Prompt] | None =
 def write_kl_h5(result: KLResult, path: str | Path) -> None:
     """Per-token forward/reverse KL with sequence index and token id, atomically."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["schema"] = SCHEMA
+        f.attrs["schema"] = KL_SCHEMA
         for name in ("forward", "reverse", "sequence_index", "token_id"):
             f.create_dataset(f"per_token/{name}", data=getattr(result.per_token, name), compression="gzip")
-
-
-def _read_responses(path: Path) -> list[tuple[str, str]]:
-    from probes.generations import read_generations
-
-    return [(g.prompt, g.response) for g in read_generations(path)]
-
-
-def format_kl(result: KLResult) -> str:
-    lines = [f"KL drift of {result.tuned} from {result.base}",
-             f"  {result.sequences} sequences, {result.tokens} response tokens",
-             (f"  KL(tuned || base) per token: mean {result.kl_mean_per_token:.4g}, "
-              f"median {result.kl_median_per_token:.4g}, p95 {result.kl_p95_per_token:.4g}"),
-             f"  KL(base || tuned) per token: mean {result.kl_reverse_mean_per_token:.4g}",
-             f"  KL per sequence (sum over its tokens): mean {result.kl_mean_per_sequence:.4g}",
-             "  largest contributions (token: sum over occurrences, count):"]
-    lines += [f"    {t.token!r}: {t.kl_sum:.4g} ({t.count}×)" for t in result.top_tokens[:10]]
-    return "\n".join(lines)
-
-
-def run_kl_command(args: argparse.Namespace) -> None:
-    """`dynamics probe kl BASE TUNED --prompts P | --responses R`."""
-    if (args.prompts is None) == (args.responses is None):
-        raise ProbeError("probe kl: give --prompts (sample from TUNED) or --responses (score a file), not both")
-    result = kl_drift(args.base, args.tuned, read_prompts(args.prompts) if args.prompts else None,
-                      _read_responses(args.responses) if args.responses else None,
-                      samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
-                      temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
-                      chat_template=not args.no_chat_template, device=args.device, progress=not args.quiet)
-    print(format_kl(result))
-    if args.json:
-        write_json_document(result.to_json(), args.json)
-        print(f"wrote {args.json}")
-    if args.h5:
-        write_kl_h5(result, args.h5)
-        print(f"wrote {args.h5}")

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from dynamics.documents import jsonl_records
 from dynamics.errors import DynamicsError
-from probes.generations import jsonl_records
 
 
 class ProbeError(DynamicsError):
@@ -26,15 +26,6 @@ class Prompt:
     prompt: str
     prompt_id: str
     answer: str | None = None
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` → CUDA when available, else CPU; `cuda` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ProbeError("--device cuda: no CUDA device is available")
-    return torch.device(device)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:

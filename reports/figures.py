@@ -22,8 +22,8 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
+from dynamics.documents import atomic_path
 from dynamics.naming import MODULE_KINDS
-from dynamics.outputs import atomic_path
 from reports.document import Figure
 
 KIND_COLOURS: dict[str, str] = dict(zip(MODULE_KINDS, (

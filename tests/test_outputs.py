@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from dynamics.api import diff
+from dynamics.documents import atomic_path
 from dynamics.masks import pack_mask, unpack_mask
-from dynamics.outputs import atomic_path, write_h5, write_json
+from dynamics.outputs import write_h5, write_json
 from tests.memory_checkpoint import memory_checkpoint
 
 

@@ -26,8 +26,6 @@ logging, plus a dependency for ~150 lines whose objective (sequence-mean clipped
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -37,8 +35,9 @@ from pathlib import Path
 
 import torch
 
+from dynamics.devices import resolve_device
+from dynamics.documents import LAB_SCHEMA, RUN_SCHEMA, write_json_document
 from dynamics.errors import DynamicsError
-from dynamics.outputs import write_json_document
 from probes.generations import Generation
 from probes.lab.checkpoints import checkpoint_name, load_for_training
 from probes.lab.grpo import GRPOConfig, train_grpo
@@ -47,10 +46,7 @@ from probes.lab.recorder import EvalConfig, RunLabels, RunRecorder, heldout_gene
 from probes.lab.rewards import make_reward
 from probes.lab.sft import SFTConfig, train_sft
 from probes.lab.tasks import Problem, make_problems
-from probes.models import resolve_device
 
-LAB_SCHEMA = "dynamics.lab/1"
-RUN_SCHEMA = "dynamics.run/1"
 DEFAULT_REWARDS = ("true", "format", "random", "incorrect", "noisy-0.3", "sft")
 # CPU matmuls can split reductions by thread count; a fixed count keeps a seed's files bit-identical.
 CPU_THREADS = 2
@@ -237,15 +233,3 @@ def study_config(size: str, device: str, save_fp32: bool = False, grpo_lr: float
     if resolve_device(device).type == "cpu":
         config = replace(config, parallel_runs=1)
     return config
-
-
-def run_study_command(args: argparse.Namespace) -> None:
-    """`dynamics lab run`: the preset of `--size` (learning rates overridable), the given seeds and rewards."""
-    config = study_config(args.size, args.device, args.save_fp32, args.grpo_lr, args.sft_lr)
-    started = time.perf_counter()
-    manifest_path = run_study(config, args.out, args.seeds, args.rewards, args.device, progress=not args.quiet)
-    manifest = json.loads(manifest_path.read_text())
-    print(f"lab {args.size}: {len(manifest['runs'])} runs in {time.perf_counter() - started:.0f} s")
-    for entry in manifest["runs"]:
-        print(f"  {entry['path']:<24} {last_checkpoint(args.out / entry['path'])}")
-    print(f"wrote {manifest_path}")

@@ -13,14 +13,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dynamics.api import diff
-from dynamics.outputs import write_json, write_json_document
+from dynamics.documents import write_json_document
+from dynamics.geometry_options import GeometryOptions
+from dynamics.outputs import write_json
 from dynamics.result import DiffResult
 from probes.behavior import BehaviorResult
 from probes.comparison import Comparison, compare_runs
 from probes.lab.checkpoints import checkpoint_name
 from probes.lab.study import LAB_PRESETS, last_checkpoint, run_study
+from reports.compare import render_compare_report
+from reports.sparsity import render_sparsity_report
+from reports.three_gate import render_three_gate_report
 
-DEMO_RANK_K = 8  # the tiny model's matrices are 64 wide: a top-8 block is "principal", as k = 64 is for 3584
+DEMO_GEOMETRY = GeometryOptions(k=8)  # the tiny model's matrices are 64 wide: a top-8 block is "principal", as k = 64 is for 3584
 FP32_RUNS = ("true", "sft")  # rewards whose fp32 masters are diffed too
 REPORT_RUNS = ("true", "sft")
 
@@ -50,10 +55,10 @@ def run_demo(out: Path, seed: int, device: str, progress: bool) -> DemoResult:
         pairs[f"{reward} (fp32)"] = (fp32 / checkpoint_name(0), fp32 / last_checkpoint(run_dirs[reward]).name)
     diffs, diff_paths = {}, {}
     for label, (a, b) in pairs.items():
-        diffs[label] = diff(a, b, device=device, geometry=True, rank_k=DEMO_RANK_K)
+        diffs[label] = diff(a, b, device=device, geometry=DEMO_GEOMETRY)
         diff_paths[label] = out / "diffs" / f"{label.replace(' (fp32)', '-fp32')}.json"
         write_json(diffs[label], diff_paths[label])
-    comparison = compare_runs([lab_dir], rank_k=DEMO_RANK_K, device=device, progress=progress)
+    comparison = compare_runs([lab_dir], geometry=DEMO_GEOMETRY, device=device, progress=progress)
     write_json_document(comparison.behavior.to_json(), out / "behavior.json")
     return DemoResult(lab_dir, base_dir, diffs, diff_paths, comparison.behavior,
                       render_demo_reports(diffs, comparison, out / "reports"))
@@ -77,14 +82,9 @@ def behavior_lines(behavior: BehaviorResult) -> list[str]:
 def render_demo_reports(diffs: dict[str, DiffResult], comparison: Comparison, out: Path) -> dict[str, Path]:
     """The sparsity and three-gate reports of the true-reward GRPO run and of the SFT run (keys of `diffs`),
     and the comparison of every run (series against step, behavior shifts against parameter metrics)."""
-    from reports.compare import render_compare_report
-    from reports.sparsity import render_sparsity_report
-    from reports.three_gate import render_three_gate_report
-
     reports = {}
     for run in REPORT_RUNS:
         reports[f"sparsity {run}"] = render_sparsity_report(diffs[run], out / f"sparsity-{run}")
         reports[f"three-gate {run}"] = render_three_gate_report(diffs[run], out / f"three-gate-{run}")
-    reports["compare (all runs)"] = render_compare_report([s.to_json() for s in comparison.series],
-                                                          comparison.behavior.to_json(), out / "compare")
+    reports["compare (all runs)"] = render_compare_report(comparison, out / "compare")
     return reports

@@ -1,0 +1,37 @@
+"""`dynamics` command line: one module per command, each parse → library call → print/write.
+
+Errors from the library (`DynamicsError`) become one line on stderr and exit code 2. Command modules
+import their heavy dependencies inside `run` so `dynamics --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dynamics.cli import demo, diff, lab, probe, report, series
+from dynamics.errors import DynamicsError
+
+COMMANDS = (diff, report, series, probe, lab, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dynamics", description="Parameter-update dynamics inspector.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except DynamicsError as e:
+        print(f"dynamics: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

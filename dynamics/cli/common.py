@@ -1,0 +1,52 @@
+"""Options shared by several commands, declared once: `--device`, `-q`, the matrix-pass options."""
+
+from __future__ import annotations
+
+import argparse
+
+from dynamics.devices import DEVICE_CHOICES
+from dynamics.errors import DynamicsError
+from dynamics.geometry_options import GeometryOptions
+
+Subparsers = argparse._SubParsersAction
+
+
+def device_and_quiet() -> argparse.ArgumentParser:
+    """Parent parser: `--device auto|cpu|cuda` and `-q/--quiet` (no progress bars)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def add_rank_k(p: argparse.ArgumentParser, what: str = "--geometry") -> None:
+    p.add_argument("--rank-k", type=int, default=GeometryOptions.k,
+                   help=f"top-k singular subspaces for {what} (default {GeometryOptions.k})")
+
+
+def add_geometry(p: argparse.ArgumentParser) -> None:
+    """`--geometry`, `--rank-k K`, `--geometry-exact`; read back with `geometry_options(args)`."""
+    p.add_argument("--geometry", action="store_true",
+                   help="also measure update geometry of 2-D weights (principal angles, energy, rank)")
+    add_rank_k(p)
+    p.add_argument("--geometry-exact", action="store_true", help="exact SVD instead of randomized (small models)")
+
+
+def add_weights_choice(p: argparse.ArgumentParser) -> None:
+    """`--component NAME` and `--masters`: which weights a training framework's folder gives."""
+    p.add_argument("--component", help="verl component of a global_step_N folder (default actor), e.g. critic")
+    p.add_argument("--masters", action="store_true",
+                   help="read fp32 master weights where a checkpoint also holds them (DeepSpeed ZeRO, Megatron)")
+
+
+def geometry_options(args: argparse.Namespace, always: bool = False) -> GeometryOptions | None:
+    """The frozen matrix-pass options the flags ask for; None when `--geometry` is off (and not `always`)."""
+    if args.rank_k < 1:
+        raise DynamicsError("--rank-k must be at least 1")
+    if not (always or args.geometry):
+        return None
+    return GeometryOptions(k=args.rank_k, exact=getattr(args, "geometry_exact", False))
+
+
+def wrote(path: object) -> None:
+    print(f"wrote {path}")

@@ -1,0 +1,40 @@
+"""`dynamics lab run`: pretrain a base on the spot, then SFT and GRPO runs with true and spurious rewards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from dynamics.cli.common import Subparsers, device_and_quiet, wrote
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = sub.add_parser("lab", help="train small RLVR / SFT runs on arithmetic word problems, made on the spot")
+    lab = p.add_subparsers(dest="lab", required=True)
+    p = lab.add_parser("run", parents=[device_and_quiet()],
+                       help="pretrain a base, then SFT and GRPO runs with true and spurious rewards")
+    p.add_argument("--size", default="tiny", choices=["tiny", "small"])
+    p.add_argument("--out", type=Path, default=Path("runs"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p.add_argument("--rewards", nargs="+", default=None,
+                   help="subset of: true format random incorrect noisy-<p> sft (default: all)")
+    p.add_argument("--save-fp32", action="store_true",
+                   help="also save the fp32 master weights of every run under <run>/fp32/checkpoint-<N> (N from 0)")
+    p.add_argument("--grpo-lr", type=float, help="GRPO learning rate instead of the preset's (the sparsity knob)")
+    p.add_argument("--sft-lr", type=float, help="SFT learning rate instead of the preset's")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from probes.lab.study import last_checkpoint, run_study, study_config
+
+    config = study_config(args.size, args.device, args.save_fp32, args.grpo_lr, args.sft_lr)
+    started = time.perf_counter()
+    manifest_path = run_study(config, args.out, args.seeds, args.rewards, args.device, progress=not args.quiet)
+    manifest = json.loads(manifest_path.read_text())
+    print(f"lab {args.size}: {len(manifest['runs'])} runs in {time.perf_counter() - started:.0f} s")
+    for entry in manifest["runs"]:
+        print(f"  {entry['path']:<24} {last_checkpoint(args.out / entry['path'])}")
+    wrote(manifest_path)
