@@ -170,7 +170,7 @@ def test_verl_missing_rank_file_is_one_line(verl_run, tmp_path, capsys):
 
 
 def _tampered_copy(verl_run: Path, tmp_path: Path, change) -> Path:
-    import torch.distributed.tensor  # noqa: F401
+    import torch.distributed.tensor
 
     actor = shutil.copytree(verl_run / "global_step_1" / "actor", tmp_path / "actor")
     shard = actor / "model_world_size_2_rank_1.pt"
