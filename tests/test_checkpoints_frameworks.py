@@ -335,3 +335,35 @@ def test_reports_do_not_count_upcast_pairs_as_left_out():
     texts = [block.text for block in unpaired_blocks(result)]
     assert texts and not any(text.startswith("Not in these numbers") for text in texts)
     assert "compared as float32" in texts[0] and "compared in float32" in subtitle(result)[2]
+
+
+# --- adapters on a tied-embedding base (real peft) ------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["lora_on_lm_head", "modules_to_save_lm_head"])
+def test_adapter_on_a_tied_lm_head_merges_as_peft_merge_and_unload(tmp_path, kind):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(Qwen2Config(**CONFIG)).save_pretrained(tmp_path / "base")  # lm_head not stored: tied
+    options = ({"target_modules": ["lm_head", "q_proj"]} if kind == "lora_on_lm_head"
+               else {"target_modules": ["q_proj"], "modules_to_save": ["lm_head"]})
+    model = get_peft_model(Qwen2ForCausalLM.from_pretrained(tmp_path / "base"),
+                           LoraConfig(r=2, lora_alpha=4, init_lora_weights=False, **options))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "modules_to_save" in name:
+                p.add_(0.1)
+    model.save_pretrained(tmp_path / "adapter")
+    merged = PeftModel.from_pretrained(Qwen2ForCausalLM.from_pretrained(tmp_path / "base"),
+                                       tmp_path / "adapter").merge_and_unload().state_dict()
+    ckpt = open_checkpoint(tmp_path / "adapter", base=open_checkpoint(tmp_path / "base"))
+    for name in ckpt.tensors:
+        assert torch.equal(ckpt.read(name), merged[name]), name
+    if kind == "lora_on_lm_head":  # peft merges into the shared weight: the embedding moves, the head stays tied
+        assert ckpt.tied == {"lm_head.weight": "model.embed_tokens.weight"}
+        assert any("merged into model.embed_tokens.weight" in note for note in ckpt.notes)
+    else:  # modules_to_save gives the head its own copy: untied, and compared against the base's embedding
+        assert "lm_head.weight" in ckpt.tensors and any("untied lm_head.weight" in note for note in ckpt.notes)
+        result = diff(tmp_path / "base", tmp_path / "adapter", device="cpu")
+        assert "lm_head.weight" in {r.name for r in result.records} and not result.unpaired.only_b

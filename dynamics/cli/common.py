@@ -43,7 +43,7 @@ def geometry_options(args: argparse.Namespace, always: bool = False) -> Geometry
     """The frozen matrix-pass options the flags ask for; None when `--geometry` is off (and not `always`)."""
     if args.rank_k < 1:
         raise DynamicsError("--rank-k must be at least 1")
-    if not (always or args.geometry):
+    if not (always or getattr(args, "geometry", False)):
         return None
     return GeometryOptions(k=args.rank_k, exact=getattr(args, "geometry_exact", False))
 
