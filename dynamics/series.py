@@ -86,10 +86,16 @@ class Series:
         return Series.from_json(read_json_document(path, SERIES_SCHEMA, SeriesError), Path(path).parent)
 
 
-def cache_key(a: Path, b: Path, geometry: GeometryOptions | None) -> str:
-    """12 hex digits of SHA-256 over both resolved paths and the diff options that change numbers."""
+def cache_key(a: Path, b: Path, geometry: GeometryOptions | None, *, component: str | None = None,
+              masters: bool = False, adapter_base: Path | None = None) -> str:
+    """12 hex digits of SHA-256 over both resolved paths and the diff options that change numbers
+    (the weights read, and the base a PEFT adapter step merges onto, enter only when they matter)."""
     identity = {"schema": DIFF_SCHEMA, "a": str(Path(a).resolve()), "b": str(Path(b).resolve()),
                 "geometry": None if geometry is None else asdict(geometry)}
+    if component is not None or masters:
+        identity.update(component=component, masters=masters)
+    if adapter_base is not None and (Path(a) / "adapter_config.json").is_file():
+        identity["adapter_base"] = str(Path(adapter_base).resolve())
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -141,6 +147,8 @@ def series(
     kl: dict[int, Path] | None = None,
     labels: RunInfo | None = None,
     progress: bool = False,
+    component: str | None = None,
+    masters: bool = False,
 ) -> Series:
     """Diff every step of the run in `run_dir` against the base and against the previous step;
     write the diffs to `out/cache/` and `out/series.json` (atomically); return the series.
@@ -155,6 +163,7 @@ def series(
         kl: `dynamics.kl/1` files per step; default: `out/kl/step_N.json` where present.
         labels: run label, reward and seed to record; default: from run.json.
         progress: a tqdm bar over steps.
+        component, masters: which weights of each step (`dynamics.diff`); part of the cache key.
     """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "series"
@@ -168,10 +177,12 @@ def series(
     counts = {"computed": 0, "cached": 0}
 
     def cached_diff(a: Path, b: Path, name: str) -> dict:
-        path = out / "cache" / f"{name}-{cache_key(a, b, geometry)}.json"
+        key = cache_key(a, b, geometry, component=component, masters=masters, adapter_base=base_path)
+        path = out / "cache" / f"{name}-{key}.json"
         result = _read_cache(path)
         if result is None:
-            result = diff(a, b, device=device, geometry=geometry)
+            result = diff(a, b, device=device, geometry=geometry, component=component, masters=masters,
+                          adapter_base=base_path)
             write_json(result, path)
             counts["computed"] += 1
         else:

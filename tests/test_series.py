@@ -87,7 +87,7 @@ def test_two_folders_for_one_step_or_none_at_all_are_errors(tmp_path):
     with pytest.raises(SeriesError, match="two folders for step 3"):
         find_step_checkpoints(tmp_path / "a")
     (tmp_path / "empty" / "logs").mkdir(parents=True)
-    with pytest.raises(SeriesError, match="no checkpoint-N, global_step_N or step_N folder"):
+    with pytest.raises(SeriesError, match="no checkpoint-N, global_step_N, global_stepN, iter_NNNNNNN or step_N folder"):
         find_step_checkpoints(tmp_path / "empty")
 
 
