@@ -27,15 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dynamics.devices import resolve_device
 from dynamics.documents import KL_SCHEMA, atomic_path, check_schema, finite_json, read_json_document
-from probes.models import (
-    ProbeError,
-    Prompt,
-    check_tokenizer,
-    format_for_model,
-    load_model,
-    load_tokenizer,
-    tokenizer_folder,
-)
+from probes.models import ProbeError, Prompt, format_for_model, load_model, probe_tokenizer
 from probes.sampling import Batch, autocast, encode_prompts, generate
 
 TOP_TOKENS = 20
@@ -236,8 +228,6 @@ def kl_drift(base: str | Path, tuned: str | Path, prompts: list[Prompt] | None =
     if (prompts is None) == (responses is None):
         raise ProbeError("give prompts (to sample responses) or responses (to score), not both")
     target = resolve_device(device)
-    folder = tokenizer_folder(tuned, base)
-    tokenizer = load_tokenizer(folder)
     if responses is None:
         pairs = [(p.prompt, None) for p in prompts for _ in range(samples_per_prompt)]
         sampling = {"on_policy": True, "samples_per_prompt": samples_per_prompt, "max_new_tokens": max_new_tokens,
@@ -246,8 +236,7 @@ def kl_drift(base: str | Path, tuned: str | Path, prompts: list[Prompt] | None =
         pairs = list(responses)
         sampling = {"on_policy": False, "chat_template": chat_template}
     sampling["forward"] = BF16_FORWARD if bf16_forward else FLOAT32_FORWARD
-    encoded = {format_for_model(tokenizer, p, chat_template) for p, _ in pairs} | {r for _, r in pairs if r}
-    check_tokenizer(tokenizer, folder, sorted(encoded))
+    tokenizer = probe_tokenizer(tuned, base, [p for p, _ in pairs], chat_template, [r for _, r in pairs if r])
     tuned_model = load_model(tuned, target, float32=True, base=base, progress=progress)
     base_model = load_model(base, target, float32=True, progress=progress)
     torch.manual_seed(seed)

@@ -35,7 +35,8 @@ from dynamics.errors import CheckpointError, DynamicsError
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
                       "additional_special_tokens")
-TOKENIZER_SETTING_KEYS = ("model_max_length", "clean_up_tokenization_spaces", "chat_template")
+TOKENIZER_SETTING_KEYS = ("model_max_length", "padding_side", "truncation_side", "clean_up_tokenization_spaces",
+                          "chat_template")
 
 
 class ProbeError(DynamicsError):
@@ -65,10 +66,18 @@ def is_adapter(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
+def _needs_base(adapter: str | Path) -> ProbeError:
+    return ProbeError(f"{adapter}: is a PEFT adapter; name the base model it applies to")
+
+
 def tokenizer_folder(model: str | Path, base: str | Path | None = None) -> Path:
     """Where a model's tokenizer is saved: its own folder, or the base's for an adapter saved without one."""
     saved = any((Path(model) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
-    return Path(model) if saved or base is None or not is_adapter(model) else Path(base)
+    if saved or not is_adapter(model):
+        return Path(model)
+    if base is None:
+        raise _needs_base(model)
+    return Path(base)
 
 
 def _json_file(path: Path) -> dict:
@@ -91,8 +100,8 @@ def _token_text(value: object) -> object:
 
 
 def saved_tokenizer_settings(folder: Path) -> dict:
-    """Special tokens (special_tokens_map.json, then tokenizer_config.json over it), model_max_length,
-    clean_up_tokenization_spaces and the chat template (chat_template.jinja over the config's), as saved."""
+    """Special tokens (special_tokens_map.json, then tokenizer_config.json over it), TOKENIZER_SETTING_KEYS
+    and the chat template (chat_template.jinja over the config's), as saved."""
     saved = {**_json_file(folder / "special_tokens_map.json"), **_json_file(folder / "tokenizer_config.json")}
     settings = {k: _token_text(saved[k]) for k in SPECIAL_TOKEN_KEYS if k in saved}
     settings.update({k: saved[k] for k in TOKENIZER_SETTING_KEYS if k in saved})
@@ -178,7 +187,7 @@ def load_model(path: str | Path, device: torch.device, float32: bool = False, ba
         if not is_adapter(path):
             model = _from_pretrained(path, dtype)
         elif base is None:
-            raise ProbeError(f"{path}: is a PEFT adapter; name the base model it applies to")
+            raise _needs_base(path)
         else:
             model = _from_pretrained(base, dtype)
             merge_adapter(model, path, base)
@@ -197,6 +206,17 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     if not prompts:
         raise ProbeError(f"{path}: no prompts")
     return prompts
+
+
+def probe_tokenizer(model: str | Path, base: str | Path | None, prompts: Sequence[str], chat_template: bool,
+                    responses: Sequence[str] = ()) -> PreTrainedTokenizerBase:
+    """A probe's tokenizer, checked once per run: `load_tokenizer` of `tokenizer_folder(model, base)`, held by
+    `check_tokenizer` against its tokenizer.json on the prompts as the model sees them and on `responses`."""
+    folder = tokenizer_folder(model, base)
+    tokenizer = load_tokenizer(folder)
+    texts = {format_for_model(tokenizer, p, chat_template) for p in prompts} | {r for r in responses if r}
+    check_tokenizer(tokenizer, folder, sorted(texts))
+    return tokenizer
 
 
 def format_for_model(tokenizer: PreTrainedTokenizerBase, prompt: str, chat_template: bool) -> str:

@@ -15,12 +15,15 @@ def add_parser(sub: Subparsers) -> None:
 
     p = probes.add_parser("kl", parents=[common], help="on-policy token-level KL(pi_tuned || pi_base) over the full vocabulary")
     p.add_argument("base", help="base model folder (HF, local)")
-    p.add_argument("tuned", help="tuned model folder (HF, local)")
+    p.add_argument("tuned", help="tuned model folder (HF, local), or a PEFT adapter folder applied to BASE")
     p.add_argument("--prompts", type=Path, help="prompts jsonl (a 'prompt' field per line)")
     p.add_argument("--responses", type=Path, help="score these responses (jsonl: prompt, response) instead of sampling")
     p.add_argument("--samples-per-prompt", type=int, default=4)
     _add_sampling(p, max_new_tokens=256)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--bf16-forward", action="store_true",
+                   help="sample and score under bf16 autocast (faster; its rounding swamps KLs below ~1e-4 nats; "
+                        "recorded in the result). Default: float32 forward, KL from the logit difference in float64")
     p.add_argument("--json", type=Path, help="write the dynamics.kl/1 document here")
     p.add_argument("--h5", type=Path, help="write the per-token KL distribution here (HDF5)")
     p.set_defaults(run=run_kl)
@@ -46,7 +49,8 @@ def add_parser(sub: Subparsers) -> None:
     p.set_defaults(run=run_behavior)
 
     p = probes.add_parser("generate", parents=[common], help="write generations jsonl for the behavior probe")
-    p.add_argument("model", help="model folder (HF, local)")
+    p.add_argument("model", help="model folder (HF, local), or a PEFT adapter folder (then --base)")
+    p.add_argument("--base", help="base model folder MODEL applies to, when MODEL is a PEFT adapter")
     p.add_argument("--prompts", type=Path, required=True, help="prompts jsonl: prompt, optional answer, prompt_id")
     p.add_argument("--out", type=Path, required=True, help="generations jsonl to write")
     p.add_argument("--samples-per-prompt", type=int, default=0, help="sampled responses per prompt (besides greedy)")
@@ -78,7 +82,8 @@ def run_kl(args: argparse.Namespace) -> None:
     result = kl_drift(args.base, args.tuned, read_prompts(args.prompts) if args.prompts else None, responses,
                       samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
                       temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
-                      chat_template=not args.no_chat_template, device=args.device, progress=not args.quiet)
+                      chat_template=not args.no_chat_template, bf16_forward=args.bf16_forward, device=args.device,
+                      progress=not args.quiet)
     print(format_kl(result))
     if args.json:
         write_json_document(result.to_json(), args.json)
@@ -90,8 +95,9 @@ def run_kl(args: argparse.Namespace) -> None:
 
 def format_kl(result) -> str:
     """The KL result as terminal lines."""
+    forward = result.sampling.get("forward", "float32")
     lines = [f"KL drift of {result.tuned} from {result.base}",
-             f"  {result.sequences} sequences, {result.tokens} response tokens",
+             f"  {result.sequences} sequences, {result.tokens} response tokens ({result.provenance()}; {forward} forward)",
              (f"  KL(tuned || base) per token: mean {result.kl_mean_per_token:.4g}, "
               f"median {result.kl_median_per_token:.4g}, p95 {result.kl_p95_per_token:.4g}"),
              f"  KL(base || tuned) per token: mean {result.kl_reverse_mean_per_token:.4g}",
@@ -190,13 +196,13 @@ def run_generate(args: argparse.Namespace) -> None:
     from dynamics.devices import resolve_device
     from probes.generate import generate_responses
     from probes.generations import write_generations
-    from probes.models import load_model, load_tokenizer, read_prompts
+    from probes.models import load_model, probe_tokenizer, read_prompts
 
-    device = resolve_device(args.device)
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, device)
+    prompts = read_prompts(args.prompts)
+    tokenizer = probe_tokenizer(args.model, args.base, [p.prompt for p in prompts], not args.no_chat_template)
+    model = load_model(args.model, resolve_device(args.device), base=args.base, progress=not args.quiet)
     generations = generate_responses(
-        model, tokenizer, read_prompts(args.prompts), greedy=not args.no_greedy,
+        model, tokenizer, prompts, greedy=not args.no_greedy,
         samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
         run=args.run_label or Path(args.model).resolve().name, step=args.step, reward=args.reward,
