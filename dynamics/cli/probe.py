@@ -161,27 +161,33 @@ def _fmt(value: float, metric: str) -> str:
 
 def format_behavior(result) -> str:
     """Groups and shifts as text tables; every estimate is printed with its 95% CI, never bare."""
-    from probes.behavior import METRICS, SMALL_BENCHMARK_PROMPTS
+    from probes.behavior import OUR_METRICS, PAPER_METRICS, SMALL_BENCHMARK_PROMPTS
 
-    lines = [f"Behavior ({result.verifier}; length in {result.length_unit}); mean [95% CI over prompts]", ""]
-    header = f"{'run':<18}{'step':>6}{'seed':>5}{'prompts':>8}  " + "  ".join(f"{m:<22}" for m in METRICS)
-    lines += [header, "-" * len(header)]
-    for g in result.groups:
-        cells = [f"{_fmt(e.mean, m)} [{_fmt(e.ci95[0], m)}, {_fmt(e.ci95[1], m)}]" if e else "n/a"
-                 for m, e in g.values.items()]
-        lines.append(f"{g.run:<18}{g.step:>6}{g.seed:>5}{g.n_prompts:>8}  " + "  ".join(f"{c:<22}" for c in cells))
+    lines = [f"Behavior ({result.verifier}; length in {result.length_unit}); mean [95% CI over prompts]"]
+    for title, metrics in (("ours", OUR_METRICS), ("the papers' definitions (REFERENCES.md)", PAPER_METRICS)):
+        header = f"{'run':<18}{'step':>6}{'seed':>5}{'prompts':>8}  " + "  ".join(f"{m:<24}" for m in metrics)
+        lines += ["", f"{title}:", header, "-" * len(header)]
+        for g in result.groups:
+            cells = [f"{_fmt(e.mean, m)} [{_fmt(e.ci95[0], m)}, {_fmt(e.ci95[1], m)}]" if e else "n/a"
+                     for m, e in ((m, g.values[m]) for m in metrics)]
+            lines.append(f"{g.run:<18}{g.step:>6}{g.seed:>5}{g.n_prompts:>8}  " + "  ".join(f"{c:<24}" for c in cells))
+    a = result.code_flag_agreement
+    if a.responses:
+        lines += ["", (f"code reasoning, our rule vs Rethink_RLVR's 'python' flag: agree on {100 * a.rate:.1f}% of "
+                       f"{a.responses} responses (both {a.both}, ours only {a.ours_only}, theirs only "
+                       f"{a.theirs_only}, neither {a.neither})")]
     if result.shifts:
         lines += ["", "Shifts vs the run's first step: delta [95% CI], paired permutation p", ""]
         for sh in result.shifts:
             p = f"p={sh.p_value:.3g}" if sh.p_value is not None else "unpaired"
-            lines.append(f"{sh.run:<18} seed {sh.seed:<3} step {sh.from_step}->{sh.to_step:<6} {sh.metric:<13}"
+            lines.append(f"{sh.run:<18} seed {sh.seed:<3} step {sh.from_step}->{sh.to_step:<6} {sh.metric:<25}"
                          f"{_fmt(sh.delta, sh.metric):>8} [{_fmt(sh.ci95[0], sh.metric)}, "
                          f"{_fmt(sh.ci95[1], sh.metric)}]  {p}  (n={sh.n_prompts})")
     multi = [s for s in result.seed_shifts if s.n_seeds > 1]
     if multi:
         lines += ["", "Across seeds: mean ± std [95% t-interval]", ""]
         for s in multi:
-            lines.append(f"{s.run:<18} step {s.from_step}->{s.to_step:<6} {s.metric:<13}{_fmt(s.mean, s.metric):>8}"
+            lines.append(f"{s.run:<18} step {s.from_step}->{s.to_step:<6} {s.metric:<25}{_fmt(s.mean, s.metric):>8}"
                          f" ± {_fmt(s.std, s.metric)} [{_fmt(s.ci95[0], s.metric)}, {_fmt(s.ci95[1], s.metric)}]"
                          f"  ({s.n_seeds} seeds)")
     smallest = min(g.n_prompts for g in result.groups)
