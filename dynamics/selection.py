@@ -30,14 +30,12 @@ import torch
 from dynamics.checkpoints import Checkpoint, open_checkpoint
 from dynamics.errors import MaskError
 from dynamics.geometry import randomized_svd
-from dynamics.naming import module_kind
+from dynamics.naming import is_projection_weight
 from dynamics.result import DiffResult
 
 MaskSet = dict[str, torch.Tensor]
 Rule = str  # "principal" | "low_magnitude" | "random"
 RULES: tuple[str, ...] = ("principal", "low_magnitude", "random")
-# Module kinds whose 2-D weights `select` takes by default: the attention and MLP projections.
-LINEAR_KINDS: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 Include = Callable[[str, tuple[int, ...]], bool] | Collection[str] | None
 
 
@@ -86,7 +84,8 @@ def select(
         k: rank of the reconstruction; exact: full SVD instead of `randomized_svd` (seed 0).
         per_tensor: α of every tensor (default), or α of all included elements together (one ranking
             across tensors: scores of every included tensor are held at once).
-        include: names, or a predicate (name, shape) → bool; default the 2-D weights of LINEAR_KINDS.
+        include: names, or a predicate (name, shape) → bool; default `is_projection_weight`
+            (the 2-D q, k, v, o, gate, up, down weights).
         seed: for "random": tensor t's draws come from a generator seeded with seed ⊕ crc32(name).
 
     Raises MaskError for an unknown rule, a budget outside [0, 1], a non-2-D tensor under "principal",
@@ -149,11 +148,6 @@ def density(masks: MaskSet) -> dict[str, float]:
     return shares
 
 
-def default_include(name: str, shape: tuple[int, ...]) -> bool:
-    """The 2-D weights of the attention and MLP projections (module kinds LINEAR_KINDS)."""
-    return len(shape) == 2 and module_kind(name) in LINEAR_KINDS
-
-
 def _included(base, include: Include) -> Iterator[tuple[str, torch.Tensor]]:
     if isinstance(base, Mapping):
         shapes = {name: tuple(t.shape) for name, t in base.items()}
@@ -163,7 +157,7 @@ def _included(base, include: Include) -> Iterator[tuple[str, torch.Tensor]]:
         shapes = {name: info.shape for name, info in ckpt.tensors.items()}
         read = ckpt.read
     if include is None:
-        take = default_include
+        take = is_projection_weight
     elif callable(include):
         take = include
     else:
