@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Self
 
 import torch
 from torch import nn
@@ -75,7 +76,7 @@ class MaskedTraining:
         for name, p in self._model_params.items():
             p.requires_grad_(self._requires_grad[name])
 
-    def __enter__(self) -> MaskedTraining:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
