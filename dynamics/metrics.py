@@ -304,6 +304,59 @@ def updated_by_none_share(c: OverlapCounts) -> float | None:
     return _ratio(c.updated_by_none, c.numel)
 
 
+# --- paper metrics (the Path Not Taken, RL Finetunes Small Subnetworks: their definitions) --------
+
+@register("paper", "sparsity_bf16 (η-rule, Path Not Taken Def. 2.2)", headline=True)
+def eta_sparsity(c: PaperCounts) -> float | None:
+    """1 − changed_eta / n, unchanged iff |ŵ − w| ≤ η·max(|w|, |ŵ|), η = 1e-3 (±0 unchanged)."""
+    return None if c.numel == 0 else 1.0 - c.changed_eta / c.numel
+
+
+@register("paper", "η-rule unchanged but bits differ", ".2e")
+def eta_forgiven_share(c: PaperCounts) -> float | None:
+    """(changed_bitwise − changed_eta) / n: elements the η-rule calls unchanged though their bits differ
+    (±0 flips, relative moves ≤ η: none for bf16 apart from ±0)."""
+    return _ratio(c.changed_bitwise - c.changed_eta, c.numel)
+
+
+@register("paper", "Δ == 0 share (Small Subnetworks)")
+def subnetworks_sparsity(c: PaperCounts) -> float | None:
+    """delta_zero / n with Δ computed in the stored dtype (element-weighted; the paper's layer figure is
+    the unweighted mean of tensors, `PaperResult.subnetworks_layer_sparsity`)."""
+    return _ratio(c.delta_zero, c.numel)
+
+
+@register("paper", "NSS ‖σ(W1)−σ(W0)‖/‖σ(W0)‖", ".3e", headline=True)
+def normalized_spectrum_shift(c: PaperCounts) -> float | None:
+    """sqrt(Σ ‖σ(W1) − σ(W0)‖² / Σ ‖σ(W0)‖²) over all singular values (pooled over a group's matrices)."""
+    return None if not c.spectrum_base_sq else math.sqrt(c.spectrum_shift_sq / c.spectrum_base_sq)
+
+
+@register("paper", "matrix_rank(Δ)/min(m,n)", headline=True)
+def update_rank_ratio(c: PaperCounts) -> float | None:
+    """Σ matrix_rank(Δ) / Σ min(m, n) over the group's matrices (one matrix: its rank ratio)."""
+    return _ratio(c.delta_rank, c.rank_capacity)
+
+
+@register("paper", "update ∩ M_princ∩M_low^c share")
+def principal_not_low_overlap(c: PaperCounts) -> float | None:
+    """|U ∩ M_princ ∩ M_low^c| / |U|, U the bitwise update mask; None without updates."""
+    return _ratio(c.updated_in_mask, c.updated)
+
+
+@register("paper", "M_princ∩M_low^c chance")
+def principal_not_low_chance(c: PaperCounts) -> float | None:
+    """|M_princ ∩ M_low^c| / n over the group's matrices: the overlap an update placed at random would have."""
+    return _ratio(c.mask_size, c.matrix_numel)
+
+
+@register("paper", "overlap / chance (M_princ∩M_low^c)", ".2f", headline=True)
+def principal_not_low_over_chance(c: PaperCounts) -> float | None:
+    """principal_not_low_overlap / principal_not_low_chance; None when either is undefined or chance is 0."""
+    overlap, chance = principal_not_low_overlap(c), principal_not_low_chance(c)
+    return None if overlap is None or not chance else overlap / chance
+
+
 # --- probe metrics ---------------------------------------------------------------------------------
 
 @register("probe", "share of ‖Δ‖² on top-q% Fisher / chance", ".2f")
