@@ -73,6 +73,7 @@ def select(
     exact: bool = False,
     per_tensor: bool = True,
     include: Include = None,
+    within: MaskSet | None = None,
     seed: int = 0,
 ) -> MaskSet:
     """Masks of `rule` with budget α = `budget` over the base's tensors `include` takes.
@@ -86,6 +87,9 @@ def select(
             across tensors: scores of every included tensor are held at once).
         include: names, or a predicate (name, shape) → bool; default `is_projection_weight`
             (the 2-D q, k, v, o, gate, up, down weights).
+        within: rank only the True elements of these masks (e.g. `complement(principal)` for a
+            non-principal low-magnitude mask); the budget still counts α of every element of a tensor
+            (α·n of them, at most |within|), and only tensors `within` names are included.
         seed: for "random": tensor t's draws come from a generator seeded with seed ⊕ crc32(name).
 
     Raises MaskError for an unknown rule, a budget outside [0, 1], a non-2-D tensor under "principal",
@@ -94,15 +98,18 @@ def select(
     if rule not in RULES:
         raise MaskError(f"selection rule {rule!r}: expected one of {', '.join(RULES)}")
     budget_count(budget, 0)
-    scored = ((name, _scores(name, w, rule, k, exact, seed), rule == "principal")
+    if within is not None:
+        include = _restricted(include, within)
+    largest = rule != "low_magnitude"
+    scored = ((name, _candidates(name, _scores(name, w, rule, k, exact, seed), within, largest), largest)
               for name, w in _included(base, include))
     if per_tensor:
-        return {name: _top(name, s, budget_count(budget, s.numel()), largest) for name, s, largest in scored}
+        return {name: _top(name, s, budget_count(budget, s.numel()), largest) for name, s, _ in scored}
     items = list(scored)
     if not items:
         return {}
     flat = torch.cat([s.reshape(-1) for _, s, _ in items])
-    chosen = _top("all included tensors", flat, budget_count(budget, flat.numel()), rule == "principal")
+    chosen = _top("all included tensors", flat, budget_count(budget, flat.numel()), largest)
     masks, start = {}, 0
     for name, s, _ in items:
         masks[name] = chosen[start: start + s.numel()].view(s.shape)
@@ -191,12 +198,36 @@ def _scores(name: str, w: torch.Tensor, rule: Rule, k: int, exact: bool, seed: i
     return ((u * s) @ v.mT).abs()
 
 
+def _restricted(include: Include, within: MaskSet) -> Callable[[str, tuple[int, ...]], bool]:
+    """`include` narrowed to the tensors `within` names."""
+    if include is None:
+        return lambda name, shape: name in within
+    if callable(include):
+        return lambda name, shape: name in within and include(name, shape)
+    names = set(include)
+    return lambda name, shape: name in within and name in names
+
+
+def _candidates(name: str, scores: torch.Tensor, within: MaskSet | None, largest: bool) -> torch.Tensor:
+    """Scores with the elements outside `within[name]` pushed past every candidate (−∞ / +∞)."""
+    if within is None:
+        return scores
+    allowed = within[name]
+    if tuple(allowed.shape) != tuple(scores.shape):
+        raise MaskError(f"tensor {name}: `within` mask of shape {list(allowed.shape)} does not fit {list(scores.shape)}")
+    return scores.masked_fill(~allowed.to(scores.device, torch.bool), -math.inf if largest else math.inf)
+
+
 def _uniform(name: str, shape: tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed ^ zlib.crc32(name.encode()))
     return torch.rand(shape, generator=generator).to(device)
 
 
 def _top(name: str, scores: torch.Tensor, count: int, largest: bool) -> torch.Tensor:
+    """`top_count` with errors naming the tensor; ±∞ scores (outside `within`) are never selected."""
+    candidates = int(torch.isfinite(scores).sum())
+    if count > candidates:
+        raise MaskError(f"tensor {name}: a budget of {count} elements exceeds its {candidates} candidates")
     try:
         return top_count(scores, count, largest)
     except ValueError as e:

@@ -110,3 +110,13 @@ def test_from_diff_and_errors_name_the_tensor(tmp_path):
         select({"model.norm.weight": torch.ones(4)}, "principal", 0.5, include=["model.norm.weight"])
     with pytest.raises(MaskError, match="rule"):
         select({Q: w}, "largest", 0.5)
+
+
+def test_within_ranks_only_the_candidates_and_keeps_the_whole_tensor_budget():
+    w = {Q: torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]])}
+    allowed = {Q: torch.tensor([[False, True, False, True], [True, True, True, True]])}
+    mask = select(w, "low_magnitude", 0.25, within=allowed)[Q]  # 2 of 8, smallest among the allowed
+    assert mask.view(-1).nonzero().view(-1).tolist() == [1, 3]
+    assert select(w, "random", 0.5, within=allowed)[Q].logical_and(~allowed[Q]).sum() == 0
+    with pytest.raises(MaskError, match="exceeds"):
+        select(w, "low_magnitude", 0.9, within=allowed)
