@@ -33,8 +33,9 @@ def run(args: argparse.Namespace) -> None:
     result = paper_metrics(args.base, args.tuned, options, device=args.device)
     doc = result.to_json()
     headline = [n for n, m in METRICS.items() if m.needs == "paper" and m.headline]
+    print(f"{'':<8}" + "".join(f"{n:>32}" for n in headline))
     for group, row in {"model": doc["summary"], **doc["by_module_kind"]}.items():
-        print(f"{group:<8}" + "  ".join(f"{METRICS[n].label} {format_value(n, row[n])}" for n in headline))
+        print(f"{group:<8}" + "".join(f"{format_value(n, row[n]):>32}" for n in headline))
     if args.paper_compat:
         for layer, share in result.subnetworks_layer_sparsity().items():
             print(f"layer {layer:>3}  Δ == 0 share, unweighted mean of tensors: {share:.4f}")
