@@ -48,18 +48,18 @@ def study(tmp_path_factory):
 
 
 def _blocks(kind: str) -> list[str]:
-    return re.findall(rf"```{kind}\n(.*?)```", _section(), flags=re.S)
+    return re.findall(rf"```{kind}\n(.*?)```", _section(), flags=re.DOTALL)
 
 
 @pytest.mark.parametrize("index", range(3))
 def test_python_example_runs(study, monkeypatch, index):
     monkeypatch.chdir(study)
     code = _blocks("python")[index]
-    exec(compile(code, f"README example {index + 1}", "exec"), {"__name__": "__readme__"})
+    exec(compile(code, f"README example {index + 1}", "exec"), {"__name__": "__readme__"})  # noqa: S102 - the README's own code
 
 
 def test_cli_lines_run(study, monkeypatch):
     monkeypatch.chdir(study)
-    (lines,) = re.findall(r"```\n(dynamics .*?)```", _section(), flags=re.S)
+    (lines,) = re.findall(r"```\n(dynamics .*?)```", _section(), flags=re.DOTALL)
     for line in lines.strip().splitlines():
         assert main(shlex.split(line)[1:]) == 0, line
