@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dynamics.element_stats import ABS_TOLERANCES, ElementStats, ulp_bucket_labels
-from dynamics.metrics import derived_metrics
+from dynamics.element_stats import ElementStats, ulp_bucket_labels
+from dynamics.metrics import METRICS, derived_metrics, format_value, metrics_needing
 from dynamics.result import DiffResult, geometry_means
 
 TOP_TENSORS = 10
@@ -15,17 +15,15 @@ def _num(value: float | None, fmt: str = ".4f") -> str:
 
 
 def _headline(stats: ElementStats) -> list[tuple[str, str]]:
+    """Every registered element metric marked `headline`, by its label, then counts and extremes."""
     m = derived_metrics(stats)
-    rows = [
-        ("bitwise sparsity", _num(m["bitwise_sparsity"])),
-        ("changed elements", f"{stats.changed:,} of {stats.numel:,}"),
-        ("relative update norm", _num(m["relative_update_norm"], ".3e")),
-        ("one-ULP share of moved", _num(m["one_ulp_fraction"])),
-        (f"abs tolerance sparsity (|Δ|≤{ABS_TOLERANCES[3]:g})", _num(m["abs_tolerance_sparsity"][f"{ABS_TOLERANCES[3]:g}"])),
-        ("max |Δ|", _num(stats.max_abs_delta, ".3e")),
-    ]
+    rows = [(metric.label, format_value(name, m[name])) for name, metric in metrics_needing("element").items()
+            if metric.headline]
+    rows.insert(1, ("changed elements", f"{stats.changed:,} of {stats.numel:,}"))
+    rows.append(("max |Δ|", _num(stats.max_abs_delta, ".3e")))
     if stats.hidden_by_bf16 is not None:
-        rows.append(("hidden by bf16 (fp32 pairs)", _num(m["hidden_by_bf16_fraction"])))
+        rows.append((METRICS["hidden_by_bf16_fraction"].label, format_value("hidden_by_bf16_fraction",
+                                                                            m["hidden_by_bf16_fraction"])))
     if stats.changed_signed_zero or stats.changed_nonfinite:
         rows.append(("±0 flips / NaN-Inf changes", f"{stats.changed_signed_zero:,} / {stats.changed_nonfinite:,}"))
     if stats.nan_a + stats.nan_b + stats.inf_a + stats.inf_b:
@@ -92,15 +90,15 @@ def _geometry_lines(result: DiffResult) -> list[str]:
     groups = {kind: g for kind, g in groups.items() if g is not None}
     if not groups and not result.geometry_skipped:
         return []
-    lines = ["", "Update geometry (means over matrices; ρ_k = share of ‖Δ‖² in W0's top-k block):"]
+    lines = ["", "Update geometry (ρ_k = share of ‖Δ‖² in W0's top-k block; registered matrix metrics "
+                 "Δ-weighted, the rest means over matrices):"]
+    matrix = metrics_needing("matrix")
     rows = []
     for kind, g in groups.items():
-        energy, baseline = g.get("principal_energy"), g.get("principal_energy_baseline")
-        ratio = energy / baseline if energy is not None and baseline else None
-        rows.append([kind, str(g["matrices"]), _num(energy, ".2e"), _num(ratio, ".2f"),
+        rows.append([kind, str(g["matrices"]), *(format_value(name, g[name]) for name in matrix),
                      _num(g["principal_angle_max_deg"], ".2f"), _num(g["spectrum_drift_max"], ".2e"),
                      _num(g["update_stable_rank"], ".1f"), _num(g["rank_energy"].get("16"), ".3f")])
-    lines += _table(["kind", "matrices", "ρ_k", "ρ_k / random", "max angle °", "spectrum drift",
+    lines += _table(["kind", "matrices", *(m.label for m in matrix.values()), "max angle °", "spectrum drift",
                      "Δ stable rank", "rank-16 energy"], rows)
     if result.geometry_skipped:
         names = ", ".join(f"{s['name']} ({s['reason']})" for s in result.geometry_skipped[:3])
@@ -129,11 +127,9 @@ def _geometry_headline(result: DiffResult) -> list[tuple[str, str]]:
     if g is None:
         return []
     k = max(r.geometry.k for r in result.records if r.geometry is not None)
-    ratio = None
-    if g.get("principal_energy_weighted") is not None and g.get("principal_energy_baseline_weighted"):
-        ratio = g["principal_energy_weighted"] / g["principal_energy_baseline_weighted"]
-    return [
-        (f"ρ_k / random baseline (k≤{k}, Δ-weighted)", _num(ratio, ".2f")),
+    rows = [(f"{metric.label} (k≤{k})", format_value(name, g[name]))
+            for name, metric in metrics_needing("matrix").items() if metric.headline]
+    return rows + [
         ("principal angle, max (mean over matrices)", _num(g["principal_angle_max_deg"], ".2f") + "°"),
         ("Δ stable rank (mean over matrices)", _num(g["update_stable_rank"], ".1f")),
     ]

@@ -1,18 +1,39 @@
-"""Inputs of the run comparison: each run's checkpoint series and the behavior probe over its generations.
+"""The run comparison: each run's checkpoint series and the behavior probe over its generations, joined.
 
-Used by `dynamics report compare` and `dynamics demo`; the report itself only renders what this returns.
+`compare_runs` computes the inputs (used by `dynamics report compare` and `dynamics demo`). The join and
+its statistics live here too, as plain data the report renders without computing anything:
+- `run_rows`: per run, its seeds' parameter metrics at their last checkpoint (mean ± std across seeds)
+  and each seed's behavior shift to that checkpoint, with the probe's across-seed shift;
+- `points`: every (run, seed, step) with both a series step and a behavior shift to that step;
+- `correlate`: Spearman's rank correlation of a behavior shift with a parameter metric over points.
+
+Parameter metrics are registered ones (`dynamics.metrics`) read from `SeriesStep.vs_base`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+from scipy import stats
+
+from dynamics.errors import DynamicsError
 from dynamics.geometry_options import GeometryOptions
 from dynamics.runs import RunInfo, find_runs
-from dynamics.series import Series, series
-from probes.behavior import BehaviorResult, behavior_probe
+from dynamics.series import Series, SeriesStep, series
+from probes.behavior import BehaviorResult, SeedShift, Shift, behavior_probe
 from probes.generations import read_generations
+
+# Registered model-level metrics the comparison joins with behavior shifts, in table and panel order.
+PARAMETER_METRICS = ("bitwise_sparsity", "relative_update_norm", "principal_energy_ratio")
+MIN_POINTS_FOR_CORRELATION = 3
+DEFAULT_GEOMETRY = GeometryOptions()  # the comparison always runs the matrix pass (ρ_k column)
+
+
+class ComparisonError(DynamicsError):
+    """Series that cannot be joined into a comparison (message names the run)."""
 
 
 @dataclass(frozen=True)
@@ -24,7 +45,7 @@ class Comparison:
 
 
 def compare_runs(paths: list[str | Path], manifest: str | Path | None = None,
-                 geometry: GeometryOptions = GeometryOptions(), device: str = "auto",
+                 geometry: GeometryOptions = DEFAULT_GEOMETRY, device: str = "auto",
                  progress: bool = False) -> Comparison:
     """Series with geometry for every run found in `paths` (cached under each RUN/series) and the behavior
     probe over their `generations.jsonl`, relabelled with each run's run/seed/reward labels."""
@@ -36,3 +57,187 @@ def compare_runs(paths: list[str | Path], manifest: str | Path | None = None,
                    for g in read_generations(run.path / "generations.jsonl")]
     return Comparison(tuple(runs), results, behavior_probe(generations) if generations else None,
                       tuple(run.path for run in runs if run not in with_generations))
+
+
+# --- statistics ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Spread:
+    """One value per seed (None where undefined, e.g. ρ_k at Δ = 0), their mean and sample standard
+    deviation (ddof 1) over the defined ones; mean None without any, std None with fewer than two."""
+
+    values: tuple[float | None, ...]
+    mean: float | None
+    std: float | None
+
+    @property
+    def present(self) -> tuple[float, ...]:
+        return tuple(v for v in self.values if v is not None)
+
+
+def seed_spread(values: Sequence[float | None]) -> Spread:
+    """Mean and sample standard deviation (ddof 1) of the defined values (see `Spread`)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return Spread(tuple(values), None, None)
+    return Spread(tuple(values), float(np.mean(present)),
+                  float(np.std(present, ddof=1)) if len(present) > 1 else None)
+
+
+@dataclass(frozen=True)
+class RankCorrelation:
+    """Spearman's ρ over `n` points and its two-sided p-value; both None with `undefined` saying why."""
+
+    rho: float | None
+    p_value: float | None
+    n: int
+    undefined: str | None = None
+
+
+def rank_correlation(x: Sequence[float], y: Sequence[float]) -> tuple[float | None, float | None]:
+    """Spearman's ρ between x and y and its two-sided p-value (scipy); (None, None) with fewer than
+    MIN_POINTS_FOR_CORRELATION points or when either side is constant."""
+    if len(x) < MIN_POINTS_FOR_CORRELATION or len(set(x)) < 2 or len(set(y)) < 2:
+        return None, None
+    result = stats.spearmanr(x, y)
+    return float(result.statistic), float(result.pvalue)
+
+
+# --- the join --------------------------------------------------------------------------------------
+
+def parameter_value(step: SeriesStep, name: str) -> float | None:
+    """The registered metric `name` of a series step against the base; `bitwise_sparsity` of the bf16
+    tensors when the checkpoint has any, else over all tensors; `principal_energy_ratio` None without
+    geometry."""
+    metrics = step.vs_base
+    if name == "bitwise_sparsity":
+        return metrics["bitwise_sparsity_by_dtype"].get("bfloat16", metrics["bitwise_sparsity"])
+    if name == "principal_energy_ratio":
+        return None if metrics["geometry"] is None else metrics["geometry"]["principal_energy_ratio"]
+    return metrics[name]
+
+
+def runs_by_label(comparison: Comparison) -> dict[str, list[Series]]:
+    """Series per run label (in first-seen order), each run's seeds in seed order. A series without run
+    labels, or two series of one run with the same seed, is a ComparisonError."""
+    runs: dict[str, list[Series]] = {}
+    for s in comparison.series:
+        if not s.run:
+            raise ComparisonError(f"series of {s.run_dir}: no run label; give run, reward and seed (run.json or "
+                                  "a manifest)")
+        runs.setdefault(s.run["run"], []).append(s)
+    for label, seeds in runs.items():
+        seeds.sort(key=lambda s: s.run["seed"])
+        if len({s.run["seed"] for s in seeds}) < len(seeds):
+            raise ComparisonError(f"run {label}: two folders with the same seed")
+    return runs
+
+
+def shift_of(behavior: BehaviorResult | None, run: str, seed: int, step: int, metric: str) -> Shift | None:
+    """The behavior probe's shift of `metric` for (run, seed) from its first step to `step`."""
+    if behavior is None:
+        return None
+    return next((s for s in behavior.shifts if s.run == run and s.seed == seed and s.to_step == step
+                 and s.metric == metric), None)
+
+
+def seed_shift_of(behavior: BehaviorResult | None, run: str, step: int, metric: str) -> SeedShift | None:
+    """The behavior probe's across-seed shift of `metric` for `run` to `step`."""
+    if behavior is None:
+        return None
+    return next((s for s in behavior.seed_shifts if s.run == run and s.to_step == step and s.metric == metric),
+                None)
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run at its seeds' last checkpoints.
+
+    parameters: registered metric → its spread over the seeds (against the base).
+    shifts: behavior metric → each seed's shift to its last checkpoint (None where not measured).
+    seed_shift: behavior metric → the probe's across-seed shift to the latest of those steps.
+    shift_spread: behavior metric → the seeds' shifts, with the probe's across-seed mean and std where
+        it has one, else their own (`seed_spread`).
+    """
+
+    run: str
+    reward: str
+    seeds: tuple[int, ...]
+    last_steps: tuple[int, ...]  # one per seed
+    parameters: dict[str, Spread]
+    shifts: dict[str, tuple[Shift | None, ...]]
+    seed_shift: dict[str, SeedShift | None]
+    shift_spread: dict[str, Spread]
+
+
+def run_rows(comparison: Comparison, shift_metrics: Sequence[str]) -> list[RunRow]:
+    """Every run of the comparison at its seeds' last checkpoints (see `RunRow`)."""
+    rows = []
+    for label, seeds in runs_by_label(comparison).items():
+        last = [s.steps[-1] for s in seeds]
+        latest = max(step.step for step in last)
+        shifts, seed_shift, shift_spread = {}, {}, {}
+        for metric in shift_metrics:
+            per_seed = tuple(shift_of(comparison.behavior, label, s.run["seed"], step.step, metric)
+                             for s, step in zip(seeds, last))
+            across = seed_shift_of(comparison.behavior, label, latest, metric)
+            deltas = tuple(s.delta for s in per_seed if s is not None)
+            own = seed_spread(deltas)
+            if across is not None:
+                own = Spread(deltas, across.mean, across.std if len(deltas) > 1 else None)
+            shifts[metric], seed_shift[metric], shift_spread[metric] = per_seed, across, own
+        rows.append(RunRow(
+            run=label, reward=seeds[0].run["reward"], seeds=tuple(s.run["seed"] for s in seeds),
+            last_steps=tuple(step.step for step in last),
+            parameters={name: seed_spread([parameter_value(step, name) for step in last])
+                        for name in PARAMETER_METRICS},
+            shifts=shifts, seed_shift=seed_shift, shift_spread=shift_spread))
+    return rows
+
+
+@dataclass(frozen=True)
+class Point:
+    """One (run, seed, step) with a behavior shift to that step and the step's parameter metrics."""
+
+    run: str
+    reward: str
+    seed: int
+    step: int
+    shift: Shift
+    parameters: dict[str, float | None]  # PARAMETER_METRICS → value against the base
+
+
+def points(comparison: Comparison) -> list[Point]:
+    """Every (run, seed, step) that has both a series step and behavior shifts to that step, one point
+    per shift (metric), in series then step then shift order."""
+    if comparison.behavior is None:
+        return []
+    out = []
+    for s in comparison.series:
+        if not s.run:
+            raise ComparisonError(f"series of {s.run_dir}: no run label; give run, reward and seed (run.json or "
+                                  "a manifest)")
+        label, seed = s.run["run"], s.run["seed"]
+        for step in s.steps:
+            parameters = {name: parameter_value(step, name) for name in PARAMETER_METRICS}
+            out += [Point(label, s.run["reward"], seed, step.step, shift, parameters)
+                    for shift in comparison.behavior.shifts
+                    if shift.run == label and shift.seed == seed and shift.to_step == step.step]
+    return out
+
+
+def correlate(chosen: Sequence[Point], parameter: str, positive_only: bool = False) -> tuple[list[Point],
+                                                                                              RankCorrelation]:
+    """The points with a value of `parameter` (positive ones when `positive_only`, as a log axis needs)
+    and Spearman's ρ of their behavior shift against it; `undefined` says why ρ is not defined."""
+    kept = [p for p in chosen if p.parameters[parameter] is not None
+            and (not positive_only or p.parameters[parameter] > 0)]
+    x = [p.parameters[parameter] for p in kept]
+    rho, p_value = rank_correlation(x, [p.shift.delta for p in kept])
+    undefined = None
+    if rho is None:
+        if len(x) < MIN_POINTS_FOR_CORRELATION:
+            undefined = f"< {MIN_POINTS_FOR_CORRELATION} points"
+        else:
+            undefined = "shift constant" if len({p.shift.delta for p in kept}) < 2 else "x constant"
+    return kept, RankCorrelation(rho, p_value, len(x), undefined)

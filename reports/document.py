@@ -1,5 +1,6 @@
-"""A report as plain blocks (paragraphs, tables, figures, readings) in sections, written once as
-Markdown and once as a self-contained HTML page from the same blocks.
+"""A report as plain blocks (paragraphs, tables, figures, readings) in sections, and the number formats
+the blocks' cells use. `reports.markdown` and `reports.html` render the same blocks; `reports.write`
+writes both files.
 
 Text may hold `code` and **bold** spans; nothing else is interpreted.
 """
@@ -8,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from dynamics.documents import atomic_path
 
 
 @dataclass(frozen=True)
@@ -63,46 +62,6 @@ class Report:
     title: str
     subtitle: list[str]
     sections: list[Section]
-
-
-def write_report(report: Report, out_dir: Path, name: str) -> Path:
-    """Write `out_dir/<name>.md` and `out_dir/<name>.html` atomically; returns the HTML path."""
-    from reports.html import to_html
-
-    out_dir = Path(out_dir)
-    md_path, html_path = out_dir / f"{name}.md", out_dir / f"{name}.html"
-    with atomic_path(md_path) as tmp:
-        tmp.write_text(to_markdown(report, out_dir), encoding="utf-8")
-    with atomic_path(html_path) as tmp:
-        tmp.write_text(to_html(report, out_dir), encoding="utf-8")
-    return html_path
-
-
-def to_markdown(report: Report, out_dir: Path) -> str:
-    lines = [f"# {report.title}", ""]
-    lines += [f"{line}  " for line in report.subtitle] + [""]
-    for section in report.sections:
-        lines += [f"## {section.title}", ""]
-        for block in section.blocks:
-            lines += _markdown_block(block, out_dir) + [""]
-    return "\n".join(lines)
-
-
-def _markdown_block(block: Block, out_dir: Path) -> list[str]:
-    if isinstance(block, Paragraph):
-        return [block.text]
-    if isinstance(block, Note):
-        return [f"> **Missing input.** {block.text}"]
-    if isinstance(block, Reading):
-        return [f"**{block.label}:** {block.text}"]
-    if isinstance(block, Figure):
-        png, data = block.png.relative_to(out_dir).as_posix(), block.data.relative_to(out_dir).as_posix()
-        return [f"![{block.caption}]({png})", "", f"*{block.caption}* Data: [`{data}`]({data})"]
-    lines = [f"*{block.caption}*", ""] if block.caption else []
-    lines.append("| " + " | ".join(block.header) + " |")
-    lines.append("|" + "|".join("---" if i < block.numeric_from else "---:" for i in range(len(block.header))) + "|")
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in block.rows]
-    return lines
 
 
 def fmt_fraction(x: float | None, digits: int = 4) -> str:

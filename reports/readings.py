@@ -1,5 +1,6 @@
-"""One-line readings that close each gate of the three-gate report: pure functions of numbers
-the diff, KL and Fisher documents already hold, with the thresholds as named constants.
+"""One-line readings that close each gate of the three-gate report: pure functions of numbers the
+diff, KL and Fisher results already hold (registered metrics, never recomputed here), with the
+thresholds as named constants.
 
 The thresholds are conventions for a first reading, not statistical tests: a reader who needs
 more looks at the tables above the line.
@@ -69,29 +70,28 @@ def _classed(value: float, small: float, large: float, noun: str) -> str:
     return f"a moderate {noun} ({small:g} … {large:g})"
 
 
-def fisher_reading(share: float | None, q_percent: float) -> str:
-    """Gate II, curvature: ratio = share / (q/100) of ‖Δ‖² on the top-q% Fisher coordinates →
-    "concentrated on high-curvature coordinates" (> FISHER_ALIGNED_RATIO), "avoids them"
-    (< FISHER_AVOIDED_RATIO), else "as chance"; no ratio without a share (Δ = 0)."""
-    if share is None:
+def fisher_reading(share: float | None, over_chance: float | None, q_percent: float) -> str:
+    """Gate II, curvature: `share` of ‖Δ‖² on the top-q% Fisher coordinates and `over_chance` (the
+    registered `fisher_share_over_chance`, share / (q/100)) → "concentrated on high-curvature
+    coordinates" (> FISHER_ALIGNED_RATIO), "avoids them" (< FISHER_AVOIDED_RATIO), else "as chance";
+    no reading without a share (Δ = 0)."""
+    if share is None or over_chance is None:
         return "no update energy to place on Fisher coordinates (Δ = 0)."
-    ratio = share / (q_percent / 100)
-    text = f"{_pct(share)} of ‖Δ‖² on the top-{q_percent:g}% Fisher coordinates ({ratio:.2g}× chance)"
-    if ratio > FISHER_ALIGNED_RATIO:
+    text = f"{_pct(share)} of ‖Δ‖² on the top-{q_percent:g}% Fisher coordinates ({over_chance:.2g}× chance)"
+    if over_chance > FISHER_ALIGNED_RATIO:
         return f"concentrated on high-curvature coordinates: {text}."
-    if ratio < FISHER_AVOIDED_RATIO:
+    if over_chance < FISHER_AVOIDED_RATIO:
         return f"avoids high-curvature coordinates: {text}."
     return f"at chance, blind to curvature: {text}."
 
 
-def principal_energy_reading(energy: float | None, baseline: float | None,
-                             max_angle_deg: float | None = None) -> str:
-    """Gate II: ratio = ρ_k / baseline → "off-principal" (< OFF_PRINCIPAL_RATIO), "on-principal"
-    (> ON_PRINCIPAL_RATIO), else "indistinguishable from random directions"; plus the max principal
-    angle when given. No ratio when Δ = 0 (energy None) or the baseline is 0."""
-    if energy is None or not baseline:
+def principal_energy_reading(ratio: float | None, max_angle_deg: float | None = None) -> str:
+    """Gate II: `ratio` = the registered `principal_energy_ratio` (ρ_k over the random baseline,
+    Δ-energy-weighted) → "off-principal" (< OFF_PRINCIPAL_RATIO), "on-principal" (> ON_PRINCIPAL_RATIO),
+    else "indistinguishable from random directions"; plus the max principal angle when given. No
+    reading when the ratio is None (Δ = 0 in every measured matrix)."""
+    if ratio is None:
         return "no update energy to place (Δ = 0 in every measured matrix)."
-    ratio = energy / baseline
     share = f"update energy in the top-k block is {ratio:.2g}× the random baseline"
     if ratio < OFF_PRINCIPAL_RATIO:
         reading = f"off-principal: {share}"

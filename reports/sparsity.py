@@ -2,80 +2,90 @@
 module kind), by how many ULPs, with what row/column structure, and which tensors moved most.
 
 >>> from reports.sparsity import render_sparsity_report
->>> render_sparsity_report(load_diff_doc("diff.json"), Path("report/"))   # → report/sparsity.html
+>>> render_sparsity_report(DiffResult.read_json("diff.json"), Path("report/"))   # → report/sparsity.html
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from dynamics.element_stats import ABS_TOLERANCES, REL_TOLERANCES
+from dynamics.metrics import HEADLINE_ABS_TOLERANCE, derived_metrics
 from dynamics.naming import MODULE_KINDS
-from dynamics.result import DiffResult
+from dynamics.result import DiffResult, TensorRecord, aggregate
 from reports import figures
-from reports.document import Block, Paragraph, Report, Section, Table, fmt_count, fmt_fraction, fmt_sci, write_report
-from reports.load import load_diff_doc, pooled_metrics
-from reports.sections import headline_table, hidden_blocks, subtitle, ulp_blocks, unpaired_blocks
+from reports.document import Block, Paragraph, Report, Section, Table, fmt_count, fmt_fraction, fmt_sci
+from reports.sections import (
+    headline_table,
+    hidden_blocks,
+    registered_element_table,
+    subtitle,
+    ulp_blocks,
+    unpaired_blocks,
+)
+from reports.write import write_report
 
 NAME = "sparsity"
 RELATIVE_NORM_LABEL = r"$\|\Delta\|_F\,/\,\|W_0\|_F$"
 TOP_TENSORS = 10
 
 
-def render_sparsity_report(doc: dict | DiffResult | str | Path, out_dir: Path) -> Path:
+def render_sparsity_report(result: DiffResult, out_dir: Path) -> Path:
     """Write `out_dir/sparsity.md`, `out_dir/sparsity.html` (self-contained), PNG figures in
     `out_dir/figures/sparsity-*.png` and their data in `out_dir/data/sparsity-*.csv`.
 
     Args:
-        doc: a `dynamics.diff/1` document (dict), a `DiffResult`, or the path of its JSON file.
+        result: the diff (`dynamics.diff`, or `DiffResult.read_json` of the file `dynamics diff --json` wrote).
         out_dir: folder to write into (created if missing; files are replaced atomically).
     Returns:
         The path of the HTML page.
     """
-    doc = load_diff_doc(doc)
     out_dir = Path(out_dir)
     report = Report(
         title="Update sparsity report",
-        subtitle=subtitle(doc),
+        subtitle=subtitle(result),
         sections=[
-            Section("Model level", [headline_table(doc), *unpaired_blocks(doc), *_tolerance_blocks(doc, out_dir)]),
-            Section("Per layer", _layer_blocks(doc, out_dir)),
-            Section("Layer × module kind", _grid_blocks(doc, out_dir)),
-            Section("ULP distance of moved weights", ulp_blocks(doc, out_dir, f"{NAME}-ulp-histogram")),
-            Section("Row and column structure", _structure_blocks(doc, out_dir)),
-            Section("Hidden by 16-bit storage (float32 pairs)", hidden_blocks(doc, out_dir, f"{NAME}-hidden")),
-            Section(f"Most and least changed tensors (top {TOP_TENSORS})", _extreme_tensor_blocks(doc)),
+            Section("Model level", [headline_table(result), *unpaired_blocks(result),
+                                    *_tolerance_blocks(result, out_dir)]),
+            Section("Registered headline metrics", [registered_element_table(result)]),
+            Section("Per layer", _layer_blocks(result, out_dir)),
+            Section("Layer × module kind", _grid_blocks(result, out_dir)),
+            Section("ULP distance of moved weights", ulp_blocks(result, out_dir, f"{NAME}-ulp-histogram")),
+            Section("Row and column structure", _structure_blocks(result, out_dir)),
+            Section("Hidden by 16-bit storage (float32 pairs)", hidden_blocks(result, out_dir, f"{NAME}-hidden")),
+            Section(f"Most and least changed tensors (top {TOP_TENSORS})", _extreme_tensor_blocks(result)),
         ],
     )
     return write_report(report, out_dir, NAME)
 
 
-def _tolerance_blocks(doc: dict, out_dir: Path) -> list[Block]:
-    s, constants = doc["summary"], doc["constants"]
-    abs_values = list(s["abs_tolerance_sparsity"].values())
-    rel_values = list(s["rel_tolerance_sparsity"].values())
+def _tolerance_blocks(result: DiffResult, out_dir: Path) -> list[Block]:
+    m = derived_metrics(result.summary())
+    abs_values = list(m["abs_tolerance_sparsity"].values())
+    rel_values = list(m["rel_tolerance_sparsity"].values())
     figure = figures.emit(
         out_dir, f"{NAME}-tolerance",
-        figures.tolerance_curves(constants["abs_tolerances"], abs_values, constants["rel_tolerances"], rel_values,
-                                 s["bitwise_sparsity"]),
+        figures.tolerance_curves(ABS_TOLERANCES, abs_values, REL_TOLERANCES, rel_values, m["bitwise_sparsity"]),
         "Share of elements within a tolerance τ of the base value (blue) against bitwise sparsity (red).",
         ["grid", "tau", "tolerance_sparsity"],
-        [["abs", t, v] for t, v in zip(constants["abs_tolerances"], abs_values)]
-        + [["rel", t, v] for t, v in zip(constants["rel_tolerances"], rel_values)])
-    table = Table(["tolerance grid", *[f"τ = {t:g}" for t in constants["abs_tolerances"]]],
+        [["abs", t, v] for t, v in zip(ABS_TOLERANCES, abs_values)]
+        + [["rel", t, v] for t, v in zip(REL_TOLERANCES, rel_values)])
+    table = Table(["tolerance grid", *[f"τ = {t:g}" for t in ABS_TOLERANCES]],
                   [["absolute: |Δ| ≤ τ", *[fmt_fraction(v) for v in abs_values]]],
-                  caption="Tolerance sparsity, absolute (1e-5 is the common published choice)")
-    rel_table = Table(["tolerance grid", *[f"τ = {t:g}" for t in constants["rel_tolerances"]]],
+                  caption=f"Tolerance sparsity, absolute ({HEADLINE_ABS_TOLERANCE:g} is the common published choice)")
+    rel_table = Table(["tolerance grid", *[f"τ = {t:g}" for t in REL_TOLERANCES]],
                       [["relative: |Δ| ≤ τ·max(|W0|, 1e-12)", *[fmt_fraction(v) for v in rel_values]]],
                       caption="Tolerance sparsity, relative")
     return [table, rel_table, figure]
 
 
-def _layer_blocks(doc: dict, out_dir: Path) -> list[Block]:
-    by_layer = doc["by_layer"]
+def _layer_blocks(result: DiffResult, out_dir: Path) -> list[Block]:
+    by_layer = result.by_layer()
     if not by_layer:
         return [Paragraph("No tensor sits inside a numbered transformer block (names without `layers.N.`).")]
-    layers = list(by_layer)
-    values = [by_layer[layer]["bitwise_sparsity"] for layer in layers]
+    layers = [str(layer) for layer in by_layer]
+    metrics = [derived_metrics(stats) for stats in by_layer.values()]
+    values = [m["bitwise_sparsity"] for m in metrics]
     figure = figures.emit(
         out_dir, f"{NAME}-per-layer",
         figures.bars(layers, values, "transformer block (layer index)", "bitwise sparsity (share bit-identical)",
@@ -83,32 +93,31 @@ def _layer_blocks(doc: dict, out_dir: Path) -> list[Block]:
         "Share of bit-identical elements in each transformer block (all its tensors pooled). Tensors outside "
         "blocks (embeddings, final norm, LM head) are in the module-kind tables.",
         ["layer", "bitwise_sparsity", "changed", "numel", "relative_update_norm"],
-        [[layer, by_layer[layer]["bitwise_sparsity"], by_layer[layer]["changed"], by_layer[layer]["numel"],
-          by_layer[layer]["relative_update_norm"]] for layer in layers])
+        [[layer, m["bitwise_sparsity"], stats.changed, stats.numel, m["relative_update_norm"]]
+         for layer, stats, m in zip(layers, by_layer.values(), metrics)])
     return [figure]
 
 
-def layer_kind_grid(doc: dict, metric: str) -> tuple[list[str], list[str], list[list[float | None]]]:
-    """Rows = layers, columns = module kinds present inside blocks, cell = `metric` of the pooled
-    counters of the tensors in that (layer, kind) (e.g. a weight and its bias); None if empty."""
-    rows = [t for t in doc["tensors"] if t["layer"] is not None]
-    layers = sorted({t["layer"] for t in rows})
-    kinds = [k for k in MODULE_KINDS if any(t["module_kind"] == k for t in rows)]
-    grid = []
-    for layer in layers:
-        line = []
-        for kind in kinds:
-            cell = [t for t in rows if t["layer"] == layer and t["module_kind"] == kind]
-            line.append(pooled_metrics(cell)[metric] if cell else None)
-        grid.append(line)
+def layer_kind_grid(result: DiffResult, metric: str) -> tuple[list[str], list[str], list[list[float | None]]]:
+    """Rows = layers, columns = module kinds present inside blocks, cell = the registered element
+    `metric` of the summed counters of the tensors in that (layer, kind) (e.g. a weight and its bias);
+    None if empty."""
+    cells: dict[tuple[int, str], list[TensorRecord]] = {}
+    for r in result.records:
+        if r.layer is not None:
+            cells.setdefault((r.layer, r.module_kind), []).append(r)
+    layers = sorted({layer for layer, _ in cells})
+    kinds = [k for k in MODULE_KINDS if any(kind == k for _, kind in cells)]
+    grid = [[derived_metrics(aggregate(cells[layer, kind]))[metric] if (layer, kind) in cells else None
+             for kind in kinds] for layer in layers]
     return [str(layer) for layer in layers], kinds, grid
 
 
-def _grid_blocks(doc: dict, out_dir: Path) -> list[Block]:
-    layers, kinds, sparsity = layer_kind_grid(doc, "bitwise_sparsity")
+def _grid_blocks(result: DiffResult, out_dir: Path) -> list[Block]:
+    layers, kinds, sparsity = layer_kind_grid(result, "bitwise_sparsity")
     if not layers:
         return [Paragraph("No tensor sits inside a numbered transformer block: there is no layer × kind grid.")]
-    _, _, norms = layer_kind_grid(doc, "relative_update_norm")
+    _, _, norms = layer_kind_grid(result, "relative_update_norm")
     blocks: list[Block] = []
     for stem, grid, label, kwargs, caption in (
             ("bitwise-sparsity", sparsity, "bitwise sparsity (share bit-identical)",
@@ -124,13 +133,14 @@ def _grid_blocks(doc: dict, out_dir: Path) -> list[Block]:
     return blocks
 
 
-def _structure_blocks(doc: dict, out_dir: Path) -> list[Block]:
-    kinds = [k for k, row in doc["by_module_kind"].items() if row["unchanged_row_fraction"] is not None]
-    if not kinds:
+def _structure_blocks(result: DiffResult, out_dir: Path) -> list[Block]:
+    by_kind = {k: (stats, derived_metrics(stats)) for k, stats in result.by_module_kind().items()}
+    by_kind = {k: (stats, m) for k, (stats, m) in by_kind.items() if m["unchanged_row_fraction"] is not None}
+    if not by_kind:
         return [Paragraph("No 2-D tensors: row and column structure does not apply.")]
-    by_kind = doc["by_module_kind"]
-    rows_f = [by_kind[k]["unchanged_row_fraction"] for k in kinds]
-    cols_f = [by_kind[k]["unchanged_col_fraction"] for k in kinds]
+    kinds = list(by_kind)
+    rows_f = [by_kind[k][1]["unchanged_row_fraction"] for k in kinds]
+    cols_f = [by_kind[k][1]["unchanged_col_fraction"] for k in kinds]
     figure = figures.emit(
         out_dir, f"{NAME}-row-col",
         figures.grouped_kind_bars(kinds, {"unchanged rows": rows_f, "unchanged columns": cols_f},
@@ -139,32 +149,32 @@ def _structure_blocks(doc: dict, out_dir: Path) -> list[Block]:
         "Share of rows (plain) and columns (hatched) of 2-D tensors in which no element changed, per module kind. "
         "Rows are output features, columns input features (PyTorch `out × in` layout).",
         ["module_kind", "unchanged_row_fraction", "unchanged_col_fraction", "rows", "cols"],
-        [[k, r, c, by_kind[k]["rows"], by_kind[k]["cols"]] for k, r, c in zip(kinds, rows_f, cols_f)])
+        [[k, r, c, by_kind[k][0].rows, by_kind[k][0].cols] for k, r, c in zip(kinds, rows_f, cols_f)])
     table = Table(["module kind", "rows", "unchanged rows", "columns", "unchanged columns"],
-                  [[k, fmt_count(by_kind[k]["rows"]), fmt_fraction(r), fmt_count(by_kind[k]["cols"]), fmt_fraction(c)]
+                  [[k, fmt_count(by_kind[k][0].rows), fmt_fraction(r), fmt_count(by_kind[k][0].cols), fmt_fraction(c)]
                    for k, r, c in zip(kinds, rows_f, cols_f)])
     return [figure, table]
 
 
-def _extreme_tensor_blocks(doc: dict) -> list[Block]:
-    rows = [t for t in doc["tensors"] if t["numel"] > 0]
+def _extreme_tensor_blocks(result: DiffResult) -> list[Block]:
+    rows = [(r, derived_metrics(r.stats)) for r in result.records if r.stats.numel > 0]
     if not rows:
         return [Paragraph("No non-empty tensor was compared.")]
 
-    def norm(t: dict) -> float:
-        return t["relative_update_norm"] if t["relative_update_norm"] is not None else 0.0
+    def norm(m: dict) -> float:
+        return m["relative_update_norm"] if m["relative_update_norm"] is not None else 0.0
 
-    most = sorted(rows, key=lambda t: (t["bitwise_sparsity"], -norm(t)))[:TOP_TENSORS]
-    least = sorted(rows, key=lambda t: (-t["bitwise_sparsity"], norm(t)))[:TOP_TENSORS]
+    most = sorted(rows, key=lambda rm: (rm[1]["bitwise_sparsity"], -norm(rm[1])))[:TOP_TENSORS]
+    least = sorted(rows, key=lambda rm: (-rm[1]["bitwise_sparsity"], norm(rm[1])))[:TOP_TENSORS]
     header = ["tensor", "kind", "shape", "dtype", "bitwise sparsity", "changed", "‖Δ‖/‖W0‖", "1-ULP share"]
 
-    def line(t: dict) -> list[str]:
-        return [f"`{t['name']}`", t["module_kind"], "×".join(map(str, t["shape"])), t["dtype"],
-                fmt_fraction(t["bitwise_sparsity"]), fmt_count(t["changed"]), fmt_sci(t["relative_update_norm"]),
-                fmt_fraction(t["one_ulp_fraction"])]
+    def line(r: TensorRecord, m: dict) -> list[str]:
+        return [f"`{r.name}`", r.module_kind, "×".join(map(str, r.shape)), r.dtype,
+                fmt_fraction(m["bitwise_sparsity"]), fmt_count(r.stats.changed), fmt_sci(m["relative_update_norm"]),
+                fmt_fraction(m["one_ulp_fraction"])]
 
     return [
         Paragraph("Ordered by bitwise sparsity, ties broken by relative update norm."),
-        Table(header, [line(t) for t in most], caption="Most changed (lowest bitwise sparsity)", numeric_from=4),
-        Table(header, [line(t) for t in least], caption="Least changed (highest bitwise sparsity)", numeric_from=4),
+        Table(header, [line(*rm) for rm in most], caption="Most changed (lowest bitwise sparsity)", numeric_from=4),
+        Table(header, [line(*rm) for rm in least], caption="Least changed (highest bitwise sparsity)", numeric_from=4),
     ]

@@ -1,6 +1,6 @@
 import json
 
-import probes.lab.demo
+import dynamics.demo
 from lab_fixture import micro_lab_config
 
 from dynamics.cli import main
@@ -8,7 +8,7 @@ from dynamics.cli import main
 
 def test_demo_trains_the_lab_prints_side_by_side_and_writes_diffs_and_reports(tmp_path, capsys, monkeypatch):
     # The demo's own preset (tiny) takes a minute and a half; the micro preset runs the same road in seconds.
-    monkeypatch.setitem(probes.lab.demo.LAB_PRESETS, "tiny", micro_lab_config())
+    monkeypatch.setitem(dynamics.demo.LAB_PRESETS, "tiny", micro_lab_config())
     assert main(["demo", "--out", str(tmp_path), "-q", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     for column in ("true", "format", "random", "incorrect", "noisy-0.3", "sft", "true (fp32)", "sft (fp32)"):
@@ -29,7 +29,7 @@ def test_demo_trains_the_lab_prints_side_by_side_and_writes_diffs_and_reports(tm
 
 
 def test_demo_refuses_a_folder_that_already_holds_a_lab(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(probes.lab.demo.LAB_PRESETS, "tiny", micro_lab_config())
+    monkeypatch.setitem(dynamics.demo.LAB_PRESETS, "tiny", micro_lab_config())
     (tmp_path / "lab").mkdir()
     (tmp_path / "lab" / "manifest.json").write_text("{}")
     assert main(["demo", "--out", str(tmp_path), "-q", "--device", "cpu"]) == 2

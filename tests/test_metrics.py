@@ -5,7 +5,7 @@ import torch
 
 from dynamics.element_stats import ElementStats
 from dynamics.kernels.elementwise_cpu import element_stats_cpu
-from dynamics.metrics import ELEMENT_METRICS, derived_metrics
+from dynamics.metrics import derived_metrics, metrics_needing
 
 
 def _pair_3x4():
@@ -40,7 +40,7 @@ def test_ratios_with_zero_denominator_are_none_not_nan():
 
 
 def test_every_registered_metric_is_in_the_derived_row():
-    assert set(derived_metrics(ElementStats.zero())) == set(ELEMENT_METRICS)
+    assert set(derived_metrics(ElementStats.zero())) == set(metrics_needing("element"))
 
 
 def test_aggregate_is_element_weighted():

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from dynamics.cli import main
-from probes.behavior import behavior_probe, format_behavior
+from dynamics.cli.probe import format_behavior
+from probes.behavior import behavior_probe
 from probes.generations import Generation, write_generations
 
 CODE_RIGHT = "```python\nx = 2 + 3\nprint(x)\n```\nThe answer is \\boxed{5}."

@@ -5,14 +5,20 @@ colour per reward in every figure."""
 import csv
 import json
 import random
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dynamics.cli import main
-from dynamics.series import SeriesError, find_runs, read_manifest, series
+from dynamics.geometry_options import GeometryOptions
+from dynamics.runs import RunInfo, SeriesError, find_runs, read_manifest
+from dynamics.series import series
+from probes.behavior import BehaviorResult, SeedShift, Shift
+from probes.comparison import Comparison, ComparisonError, rank_correlation
 from probes.generations import REWARD_LABELS, Generation, reward_family, write_generations
-from reports.compare import _styles, rank_correlation, render_compare_report, shift_text
+from reports.compare import _styles, render_compare_report, shift_text
 from reports.palette import REWARD_COLOURS, reward_colour
 from tests.test_series import write_run
 
@@ -55,33 +61,45 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def series_docs(lab):
-    return [series(run.path, base=run.base, geometry=True, rank_k=4, labels=run, device="cpu").to_json()
+    """Each run's `Series` (geometry at k = 4), in run then seed order."""
+    return [series(run.path, base=run.base, geometry=GeometryOptions(k=4), labels=run, device="cpu")
             for run in find_runs([lab])]
 
 
-def _behavior_doc(docs, n_prompts=40):
-    """A hand-written dynamics.behavior/1 document for the runs of `docs`: accuracy shift = 0.1·step for
-    the true reward, code-rate shift = −0.05·step for everyone, each with a ±0.1 interval."""
+def _comparison(runs, behavior=None):
+    """The comparison of the series `runs`, as `probes.comparison.compare_runs` returns it."""
+    infos = tuple(RunInfo(s.run["run"], s.run["reward"], s.run["seed"], Path(s.run_dir), Path(s.base)) if s.run
+                  else None for s in runs)
+    return Comparison(infos, tuple(runs), behavior, ())
+
+
+def _behavior(runs, n_prompts=40):
+    """A hand-made behavior result for `runs`: accuracy shift = 0.1·step for the true reward, code-rate
+    shift = −0.05·step for everyone, each with a ±0.1 interval."""
     shifts, seed_shifts = [], []
-    for doc in docs:
-        run = doc["run"]
+    for s in runs:
+        run = s.run
         for step in STEPS[1:]:
             for metric, delta in (("accuracy", 0.1 * step if run["reward"] == "true" else 0.01 * run["seed"]),
                                   ("code_rate", -0.05 * step - 0.01 * run["seed"])):
-                shifts.append({"run": run["run"], "seed": run["seed"], "reward": run["reward"], "from_step": 0,
-                               "to_step": step, "metric": metric, "delta": delta, "ci95": [delta - 0.1, delta + 0.1],
-                               "p_value": 0.04, "paired": True, "n_prompts": n_prompts})
-    for label in dict.fromkeys(d["run"]["run"] for d in docs):
+                shifts.append(Shift(run=run["run"], seed=run["seed"], reward=run["reward"], from_step=0,
+                                    to_step=step, metric=metric, delta=delta, ci95=(delta - 0.1, delta + 0.1),
+                                    p_value=0.04, paired=True, n_prompts=n_prompts))
+    for label in dict.fromkeys(s.run["run"] for s in runs):
         for step in STEPS[1:]:
             for metric in ("accuracy", "code_rate"):
-                deltas = [s["delta"] for s in shifts if s["run"] == label and s["to_step"] == step
-                          and s["metric"] == metric]
-                seed_shifts.append({"run": label, "reward": "x", "from_step": 0, "to_step": step, "metric": metric,
-                                    "n_seeds": len(deltas), "mean": float(np.mean(deltas)),
-                                    "std": float(np.std(deltas, ddof=1)) if len(deltas) > 1 else None,
-                                    "ci95": [-1.0, 1.0] if len(deltas) > 1 else None})
-    return {"schema": "dynamics.behavior/1", "verifier": "test", "length_unit": "words", "keywords": [],
-            "metrics": ["accuracy", "code_rate"], "groups": [], "shifts": shifts, "seed_shifts": seed_shifts}
+                deltas = [s.delta for s in shifts if s.run == label and s.to_step == step and s.metric == metric]
+                seed_shifts.append(SeedShift(run=label, reward="x", from_step=0, to_step=step, metric=metric,
+                                             n_seeds=len(deltas), mean=float(np.mean(deltas)),
+                                             std=float(np.std(deltas, ddof=1)) if len(deltas) > 1 else None,
+                                             ci95=(-1.0, 1.0) if len(deltas) > 1 else None))
+    return BehaviorResult(verifier="test", length_unit="words", keywords=(), groups=(), shifts=tuple(shifts),
+                          seed_shifts=tuple(seed_shifts))
+
+
+def _shift(delta=0.0833, ci95=(-0.021, 0.19), p_value=0.123, n_prompts=40):
+    return Shift(run="r", seed=1, reward="true", from_step=0, to_step=1, metric="accuracy", delta=delta, ci95=ci95,
+                 p_value=p_value, paired=True, n_prompts=n_prompts)
 
 
 def test_lab_folder_run_folder_and_manifest_name_the_runs(lab, tmp_path):
@@ -113,34 +131,37 @@ def test_lab_folder_run_folder_and_manifest_name_the_runs(lab, tmp_path):
 
 
 def test_table_shows_series_numbers_and_shifts_with_their_intervals(series_docs, tmp_path):
-    behavior = _behavior_doc(series_docs)
-    markdown = render_compare_report(series_docs, behavior, tmp_path).with_suffix(".md").read_text()
+    behavior = _behavior(series_docs)
+    markdown = render_compare_report(_comparison(series_docs, behavior), tmp_path).with_suffix(".md").read_text()
     row = next(line for line in markdown.splitlines() if line.startswith("| grpo-true |"))
-    bitwise = [d["steps"][-1]["vs_base"]["bitwise_sparsity_by_dtype"]["bfloat16"] for d in series_docs
-               if d["run"]["run"] == "grpo-true"]
+    bitwise = [s.steps[-1].vs_base["bitwise_sparsity_by_dtype"]["bfloat16"] for s in series_docs
+               if s.run["run"] == "grpo-true"]
     assert f"{np.mean(bitwise):.4f}\u00a0±\u00a0{np.std(bitwise, ddof=1):.4f}" in row  # one line in HTML
     assert "+0.200 ± 0.000 [−1.000, +1.000]; p = 0.04 / 0.04" in row  # accuracy: mean ± std [CI]; p per seed
     assert "**Small benchmark:** shifts rest on as few as 40 prompts" in markdown
-    unmoved = json.loads(json.dumps(series_docs[:2]))
-    unmoved[1]["steps"][-1]["vs_base"]["geometry"]["principal_energy_ratio"] = None  # Δ = 0: ρ_k undefined
-    ratio = series_docs[0]["steps"][-1]["vs_base"]["geometry"]["principal_energy_ratio"]
-    markdown = render_compare_report(unmoved, behavior, tmp_path / "unmoved").with_suffix(".md").read_text()
-    assert f"| {ratio:.3g} (1 of 2 seeds) |" in markdown
-    one_seed = render_compare_report(series_docs[:1], behavior, tmp_path / "one").with_suffix(".md").read_text()
+    last = series_docs[1].steps[-1]
+    geometry = {**last.vs_base["geometry"], "principal_energy_ratio": None}  # Δ = 0: ρ_k undefined
+    unmoved = [series_docs[0], replace(series_docs[1], steps=[*series_docs[1].steps[:-1],
+                                                              replace(last, vs_base={**last.vs_base,
+                                                                                     "geometry": geometry})])]
+    ratio = series_docs[0].steps[-1].vs_base["geometry"]["principal_energy_ratio"]
+    markdown = render_compare_report(_comparison(unmoved, behavior), tmp_path / "unmoved").with_suffix(".md")
+    assert f"| {ratio:.3g} (1 of 2 seeds) |" in markdown.read_text()
+    one_seed = render_compare_report(_comparison(series_docs[:1], behavior), tmp_path / "one").with_suffix(".md")
+    one_seed = one_seed.read_text()
     assert "+0.200 [+0.100, +0.300], p = 0.04 (n = 40)" in one_seed
     assert "there is no spread across seeds" in one_seed
 
 
 def test_behavior_estimate_is_never_bare_below_100_prompts():
-    shift = {"delta": 0.0833, "ci95": [-0.021, 0.19], "p_value": 0.123, "n_prompts": 40}
-    assert shift_text(shift) == "+0.083 [−0.021, +0.190], p = 0.12 (n = 40)"
-    assert shift_text({**shift, "ci95": None}) == "no CI (n = 40 prompts)"
-    assert shift_text({**shift, "ci95": None, "n_prompts": 500}) == "+0.083, p = 0.12 (n = 500)"
+    assert shift_text(_shift()) == "+0.083 [−0.021, +0.190], p = 0.12 (n = 40)"
+    assert shift_text(_shift(ci95=None)) == "no CI (n = 40 prompts)"
+    assert shift_text(_shift(ci95=None, n_prompts=500)) == "+0.083, p = 0.12 (n = 500)"
     assert shift_text(None) == "—"
 
 
 def test_scatter_panels_carry_spearman_of_their_points(series_docs, tmp_path):
-    render_compare_report(series_docs, _behavior_doc(series_docs), tmp_path)
+    render_compare_report(_comparison(series_docs, _behavior(series_docs)), tmp_path)
     rows = list(csv.DictReader((tmp_path / "data" / "compare-accuracy-vs-parameters.csv").open()))
     assert len(rows) == len(series_docs) * (len(STEPS) - 1)  # every run, seed and checkpoint
     x = [float(r["relative_update_norm"]) for r in rows]
@@ -191,14 +212,12 @@ def test_compare_command_runs_series_and_behavior_probe(lab, series_docs, tmp_pa
 
 
 def test_compare_without_generations_says_how_to_write_them(lab, series_docs, tmp_path):
-    html = render_compare_report(series_docs, None, tmp_path).read_text()
+    html = render_compare_report(_comparison(series_docs), tmp_path).read_text()
     assert "dynamics probe generate" in html and "Missing input" in html
     assert not list((tmp_path / "figures").glob("compare-*-vs-parameters.png"))
 
 
 def test_compare_rejects_series_without_labels(series_docs, tmp_path):
-    from reports.load import ReportError
-
-    unlabelled = {**series_docs[0], "run": None}
-    with pytest.raises(ReportError, match="no run label"):
-        render_compare_report([unlabelled], None, tmp_path)
+    unlabelled = replace(series_docs[0], run=None)
+    with pytest.raises(ComparisonError, match="no run label"):
+        render_compare_report(_comparison([unlabelled]), tmp_path)

@@ -1,15 +1,23 @@
 """Reports render from a real tiny diff: every promised file exists, the HTML stands alone, data
-files parse, missing inputs are stated, and the gate readings follow their thresholds."""
+files parse, missing inputs are stated, registered metrics appear by their label, and the gate
+readings follow their thresholds."""
 
 import csv
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
 
 from dynamics import diff
-from reports.load import ReportError, load_diff_doc, pooled_metrics
+from dynamics.errors import DynamicsError
+from dynamics.geometry_options import GeometryOptions
+from dynamics.metrics import METRICS, format_value, register, unregister
+from dynamics.pairing import Unpaired
+from dynamics.result import DiffResult
+from probes.fisher import FisherResult
+from probes.kl import KLResult
 from reports.readings import (
     FISHER_ALIGNED_RATIO,
     FISHER_AVOIDED_RATIO,
@@ -25,7 +33,7 @@ from reports.readings import (
     precision_reading,
     principal_energy_reading,
 )
-from reports.sparsity import render_sparsity_report
+from reports.sparsity import layer_kind_grid, render_sparsity_report
 from reports.three_gate import render_three_gate_report
 from tests.checkpoint_factory import write_safetensors
 
@@ -54,9 +62,15 @@ def docs(tmp_path_factory):
         root = tmp_path_factory.mktemp(label)
         base, tuned = _tensors(dtype)
         result = diff(write_safetensors(root / "base", base), write_safetensors(root / "tuned", tuned),
-                      device="cpu", geometry=True, rank_k=4)
+                      device="cpu", geometry=GeometryOptions(k=4))
         out[label] = result.to_json()
     return out
+
+
+@pytest.fixture(scope="module")
+def results(docs):
+    """The documents read back as `DiffResult`s, as `dynamics report` reads a diff.json."""
+    return {label: DiffResult.from_json(doc) for label, doc in docs.items()}
 
 
 def _promised_files(html_path, name):
@@ -70,8 +84,8 @@ def _promised_files(html_path, name):
 @pytest.mark.parametrize("label", ["bf16", "fp32"])
 @pytest.mark.parametrize("render, name", [(render_sparsity_report, "sparsity"),
                                           (render_three_gate_report, "three-gate")])
-def test_report_writes_markdown_standalone_html_figures_and_data(docs, tmp_path, label, render, name):
-    html_path = render(docs[label], tmp_path)
+def test_report_writes_markdown_standalone_html_figures_and_data(results, tmp_path, label, render, name):
+    html_path = render(results[label], tmp_path)
     assert html_path == tmp_path / f"{name}.html"
     html, markdown, figures, data = _promised_files(html_path, name)
     assert figures and len(figures) == len(data)
@@ -88,9 +102,9 @@ def test_report_writes_markdown_standalone_html_figures_and_data(docs, tmp_path,
     assert not list(tmp_path.rglob(".*.tmp-*")), "no temporary file left behind"
 
 
-def test_sparsity_report_numbers_come_from_the_document(docs, tmp_path):
+def test_sparsity_report_numbers_come_from_the_document(docs, results, tmp_path):
     doc = docs["bf16"]
-    markdown = render_sparsity_report(doc, tmp_path).with_suffix(".md").read_text()
+    markdown = render_sparsity_report(results["bf16"], tmp_path).with_suffix(".md").read_text()
     assert f"{doc['summary']['bitwise_sparsity']:.4f}" in markdown
     rows = list(csv.DictReader((tmp_path / "data" / "sparsity-per-layer.csv").open()))
     assert [float(r["bitwise_sparsity"]) for r in rows] == [doc["by_layer"][r["layer"]]["bitwise_sparsity"] for r in rows]
@@ -100,54 +114,121 @@ def test_sparsity_report_numbers_come_from_the_document(docs, tmp_path):
     assert "No float32 pairs" in markdown
 
 
-def test_float32_pair_shows_share_hidden_by_bf16(docs, tmp_path):
+def test_float32_pair_shows_share_hidden_by_bf16(docs, results, tmp_path):
     doc = docs["fp32"]
-    markdown = render_sparsity_report(doc, tmp_path).with_suffix(".md").read_text()
+    markdown = render_sparsity_report(results["fp32"], tmp_path).with_suffix(".md").read_text()
     assert f"{doc['by_dtype']['float32']['hidden_by_bf16_fraction']:.4f}" in markdown
     rows = list(csv.DictReader((tmp_path / "data" / "sparsity-hidden.csv").open()))
     assert {r["module_kind"] for r in rows} == {"q", "v", "down", "embed", "lm_head", "norm"}
 
 
-def test_document_without_geometry_says_what_to_run(docs, tmp_path):
-    doc = {k: v for k, v in docs["bf16"].items() if k != "geometry"}
-    html = render_three_gate_report(doc, tmp_path).read_text()
+def test_document_without_geometry_says_what_to_run(results, tmp_path):
+    result = results["bf16"]
+    without = replace(result, records=[replace(r, geometry=None) for r in result.records], geometry_skipped=[])
+    html = render_three_gate_report(without, tmp_path).read_text()
     assert "dynamics diff A B --geometry" in html
     assert "Missing input" in html
     assert KL_PROBE_COMMAND in html  # Gate I states its missing input too
     assert not (tmp_path / "figures" / "three-gate-principal-energy.png").exists()
 
 
-def test_diff_result_path_and_dict_load_to_the_same_document(docs, tmp_path):
+def test_report_of_the_json_file_is_the_report_of_the_result(docs, results, tmp_path):
     path = tmp_path / "diff.json"
     path.write_text(json.dumps(docs["bf16"]))
-    assert load_diff_doc(path) == load_diff_doc(docs["bf16"])
-    with pytest.raises(ReportError, match="dynamics.diff/1"):
-        load_diff_doc({"schema": "something/else"})
-    with pytest.raises(ReportError, match="cannot read"):
-        load_diff_doc(tmp_path / "missing.json")
+    from_file = render_sparsity_report(DiffResult.read_json(path), tmp_path / "file").with_suffix(".md")
+    from_result = render_sparsity_report(results["bf16"], tmp_path / "result").with_suffix(".md")
+    assert from_file.read_text() == from_result.read_text()
+    with pytest.raises(DynamicsError, match="dynamics.diff/1"):
+        DiffResult.from_json({"schema": "something/else"})
+    with pytest.raises(DynamicsError, match="cannot read"):
+        DiffResult.read_json(tmp_path / "missing.json")
 
 
-def test_pooled_metrics_match_the_documents_own_aggregates(docs):
-    doc = docs["fp32"]
-    pooled = pooled_metrics([t for t in doc["tensors"] if t["layer"] == 1])
-    assert pooled["bitwise_sparsity"] == pytest.approx(doc["by_layer"]["1"]["bitwise_sparsity"])
-    assert pooled["relative_update_norm"] == pytest.approx(doc["by_layer"]["1"]["relative_update_norm"])
+def test_layer_kind_grid_cells_are_the_registered_metric_of_their_tensors(docs, results):
+    layers, kinds, grid = layer_kind_grid(results["fp32"], "relative_update_norm")
+    for t in docs["fp32"]["tensors"]:
+        if t["layer"] is not None:  # one tensor per (layer, kind) in this model
+            assert grid[layers.index(str(t["layer"]))][kinds.index(t["module_kind"])] == \
+                pytest.approx(t["relative_update_norm"])
 
 
-@pytest.mark.parametrize("energy, baseline, starts", [
-    (0.003, 0.01, "off-principal: update energy in the top-k block is 0.3× the random baseline"),
-    (0.05, 0.01, "on-principal: update energy in the top-k block is 5× the random baseline"),
-    (0.01, 0.01, "indistinguishable from random directions: update energy in the top-k block is 1×"),
-    (OFF_PRINCIPAL_RATIO * 0.01, 0.01, "indistinguishable"),  # thresholds are strict
-    (ON_PRINCIPAL_RATIO * 0.01, 0.01, "indistinguishable"),
-    (None, 0.01, "no update energy"),
+def test_sparsity_report_lists_every_registered_headline_metric(docs, results, tmp_path):
+    doc = docs["bf16"]
+    markdown = render_sparsity_report(results["bf16"], tmp_path).with_suffix(".md").read_text()
+    section = markdown.split("## Registered headline metrics")[1].split("\n## ")[0]
+    for name, metric in METRICS.items():
+        if metric.needs == "element" and metric.headline:
+            assert metric.label.replace("|", "\\|") in section  # Markdown escapes | in a cell
+            assert format_value(name, doc["summary"][name]) in section
+            assert format_value(name, doc["by_module_kind"]["q"][name]) in section
+
+
+def test_a_newly_registered_metric_appears_in_the_reports_without_other_edits(results, tmp_path):
+    @register("element", "toy share of changed elements", ".3f", headline=True)
+    def toy_changed_share(s):
+        return None if s.numel == 0 else s.changed / s.numel
+
+    @register("matrix", "toy matrix count", ".0f")
+    def toy_matrix_count(records):
+        return float(len(records))
+
+    try:
+        sparsity = render_sparsity_report(results["bf16"], tmp_path / "s").with_suffix(".md").read_text()
+        assert "toy share of changed elements" in sparsity
+        assert format_value("toy_changed_share", toy_changed_share(results["bf16"].summary())) in sparsity
+        gate = render_three_gate_report(results["bf16"], tmp_path / "g").with_suffix(".md").read_text()
+        assert "| module kind | " in gate and "toy matrix count" in gate
+    finally:
+        unregister("toy_changed_share")
+        unregister("toy_matrix_count")
+
+
+def test_three_gate_per_kind_ratio_is_the_registered_json_value(docs, results, tmp_path):
+    by_kind = docs["bf16"]["geometry"]["by_module_kind"]
+    markdown = render_three_gate_report(results["bf16"], tmp_path).with_suffix(".md").read_text()
+    rows = list(csv.DictReader((tmp_path / "data" / "three-gate-principal-energy.csv").open()))
+    assert rows and {r["module_kind"] for r in rows} == {k for k, m in by_kind.items() if m}
+    label = METRICS["principal_energy_ratio"].label
+    after_caption = markdown.split("Registered matrix metrics")[1].split("\n\n")[1]  # the table's lines
+    table = [_cells(line) for line in after_caption.splitlines() if not line.startswith("|--")]
+    column = table[0].index(label)
+    shown = {cells[0]: cells[column] for cells in table[1:]}
+    for r in rows:
+        value = by_kind[r["module_kind"]]["principal_energy_ratio"]
+        assert float(r["principal_energy_ratio"]) == pytest.approx(value)
+        assert shown[r["module_kind"]] == format_value("principal_energy_ratio", value)
+    assert shown["**all matrices**"] == format_value("principal_energy_ratio",
+                                                     docs["bf16"]["geometry"]["summary"]["principal_energy_ratio"])
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def test_dtype_mismatches_are_said_to_be_compared_not_left_out(results, tmp_path):
+    unpaired = Unpaired(only_a=["extra.weight"], dtype_mismatch=[
+        {"name": "lm_head.weight", "dtype_a": "float32", "dtype_b": "bfloat16", "compared_as": "bfloat16"}])
+    markdown = render_sparsity_report(replace(results["bf16"], unpaired=unpaired), tmp_path).with_suffix(".md")
+    text = markdown.read_text()
+    left_out = next(line for line in text.splitlines() if line.startswith("Not in these numbers"))
+    assert "1 only in A" in left_out and "dtype" not in left_out
+    assert "1 tensor (float32 vs bfloat16, compared as bfloat16); they are in these numbers" in text
+
+
+@pytest.mark.parametrize("ratio, starts", [
+    (0.3, "off-principal: update energy in the top-k block is 0.3× the random baseline"),
+    (5.0, "on-principal: update energy in the top-k block is 5× the random baseline"),
+    (1.0, "indistinguishable from random directions: update energy in the top-k block is 1×"),
+    (OFF_PRINCIPAL_RATIO, "indistinguishable"),  # thresholds are strict
+    (ON_PRINCIPAL_RATIO, "indistinguishable"),
+    (None, "no update energy"),
 ])
-def test_principal_energy_reading_thresholds(energy, baseline, starts):
-    assert principal_energy_reading(energy, baseline).startswith(starts)
+def test_principal_energy_reading_thresholds(ratio, starts):
+    assert principal_energy_reading(ratio).startswith(starts)
 
 
 def test_principal_energy_reading_adds_rotation():
-    assert principal_energy_reading(0.003, 0.01, 0.088).endswith("rotate by 0.088° at most (mean over matrices).")
+    assert principal_energy_reading(0.3, 0.088).endswith("rotate by 0.088° at most (mean over matrices).")
 
 
 def test_precision_reading_thresholds():
@@ -175,16 +256,17 @@ def test_kl_reading_classes_the_measured_drift(mean, words):
     assert words in reading and reading.endswith("; 95th percentile 0.5.")
 
 
-@pytest.mark.parametrize("share, starts", [
-    (0.05, "concentrated on high-curvature coordinates: 5.0% of ‖Δ‖² on the top-1% Fisher coordinates (5× chance)"),
-    (0.003, "avoids high-curvature coordinates: 0.3% of ‖Δ‖²"),
-    (0.01, "at chance, blind to curvature: 1.0%"),
-    (FISHER_ALIGNED_RATIO * 0.01, "at chance, blind to curvature"),  # thresholds are strict
-    (FISHER_AVOIDED_RATIO * 0.01, "at chance, blind to curvature"),
-    (None, "no update energy"),
+@pytest.mark.parametrize("share, over_chance, starts", [
+    (0.05, 5.0,
+     "concentrated on high-curvature coordinates: 5.0% of ‖Δ‖² on the top-1% Fisher coordinates (5× chance)"),
+    (0.003, 0.3, "avoids high-curvature coordinates: 0.3% of ‖Δ‖²"),
+    (0.01, 1.0, "at chance, blind to curvature: 1.0%"),
+    (0.02, FISHER_ALIGNED_RATIO, "at chance, blind to curvature"),  # thresholds are strict
+    (0.005, FISHER_AVOIDED_RATIO, "at chance, blind to curvature"),
+    (None, None, "no update energy"),
 ])
-def test_fisher_reading_thresholds(share, starts):
-    assert fisher_reading(share, 1).startswith(starts)
+def test_fisher_reading_thresholds(share, over_chance, starts):
+    assert fisher_reading(share, over_chance, 1).startswith(starts)
 
 
 def _kl_doc(base="base", tuned="tuned"):
@@ -206,10 +288,11 @@ def _fisher_doc():
             "model": {"share_top_q": {"1": 0.003, "5": 0.021, "10": 0.048}, "spearman_median": -0.1}}
 
 
-def test_three_gate_with_kl_and_fisher_shows_them_beside_the_weight_numbers(docs, tmp_path):
+def test_three_gate_with_kl_and_fisher_shows_them_beside_the_weight_numbers(results, tmp_path):
     kl_path = tmp_path / "kl.json"
     kl_path.write_text(json.dumps(_kl_doc()))
-    html_path = render_three_gate_report(docs["bf16"], tmp_path / "out", kl=kl_path, fisher=_fisher_doc())
+    html_path = render_three_gate_report(results["bf16"], tmp_path / "out", kl=KLResult.read_json(kl_path),
+                                         fisher=FisherResult.from_json(_fisher_doc()))
     markdown = html_path.with_suffix(".md").read_text()
     gate1 = markdown.split("## Gate I")[1].split("## Gate II")[0]
     assert "| KL(π_B ‖ π_A), mean per token (nats) | 0.0123 |" in gate1
@@ -227,18 +310,18 @@ def test_three_gate_with_kl_and_fisher_shows_them_beside_the_weight_numbers(docs
     assert [(r["q_percent"], r["share_top_q"]) for r in rows] == [("1.0", "0.003"), ("5.0", "0.021"), ("10.0", "0.048")]
 
 
-def test_three_gate_without_kl_or_fisher_names_both_probe_commands(docs, tmp_path):
-    markdown = render_three_gate_report(docs["bf16"], tmp_path).with_suffix(".md").read_text()
+def test_three_gate_without_kl_or_fisher_names_both_probe_commands(docs, results, tmp_path):
+    markdown = render_three_gate_report(results["bf16"], tmp_path).with_suffix(".md").read_text()
     assert f"dynamics probe kl {docs['bf16']['a']['path']} {docs['bf16']['b']['path']} --prompts P --json kl.json" \
         in markdown
     assert "--fisher fisher.json" in markdown and "dynamics probe fisher" in markdown
 
 
-def test_three_gate_rejects_a_kl_file_of_another_schema(docs, tmp_path):
+def test_a_kl_file_of_another_schema_is_refused_where_it_is_read(tmp_path):
     bad = tmp_path / "kl.json"
     bad.write_text(json.dumps({"schema": "dynamics.fisher/1"}))
-    with pytest.raises(ReportError, match="kl.json: expected a dynamics.kl/1 document"):
-        render_three_gate_report(docs["bf16"], tmp_path, kl=bad)
+    with pytest.raises(DynamicsError, match="kl.json: expected a dynamics.kl/1 document"):
+        KLResult.read_json(bad)
 
 
 def test_report_command_passes_kl_and_fisher_to_the_three_gate_report(docs, tmp_path, capsys):
@@ -251,6 +334,7 @@ def test_report_command_passes_kl_and_fisher_to_the_three_gate_report(docs, tmp_
                  "--kl", str(tmp_path / "kl.json"), "--fisher", str(tmp_path / "fisher.json")]) == 0
     markdown = (tmp_path / "out" / "three-gate.md").read_text()
     assert "0.0123" in markdown and "Curvature:" in markdown
-    assert main(["report", "sparsity", str(tmp_path / "diff.json"), "-o", str(tmp_path / "s"),
-                 "--kl", str(tmp_path / "kl.json")]) == 2
-    assert "belong to the three-gate report" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # --kl is the three-gate report's flag only
+        main(["report", "sparsity", str(tmp_path / "diff.json"), "-o", str(tmp_path / "s"),
+              "--kl", str(tmp_path / "kl.json")])
+    assert refused.value.code == 2 and "unrecognized arguments: --kl" in capsys.readouterr().err

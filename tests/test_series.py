@@ -12,7 +12,10 @@ import torch
 import dynamics.series as series_module
 from dynamics import diff
 from dynamics.cli import main
-from dynamics.series import SCHEMA, SeriesError, find_step_checkpoints, model_metrics, series
+from dynamics.documents import SERIES_SCHEMA as SCHEMA
+from dynamics.geometry_options import GeometryOptions
+from dynamics.runs import SeriesError, find_step_checkpoints
+from dynamics.series import model_metrics, series
 from reports.series import render_series_report
 from tests.checkpoint_factory import write_safetensors
 
@@ -106,13 +109,12 @@ def test_hand_computed_steps_against_base_and_previous(tmp_path):
 
 
 def test_series_matches_direct_diffs_and_writes_the_contract(run_dir):
-    result = series(run_dir, geometry=True, rank_k=4)
+    result = series(run_dir, geometry=GeometryOptions(k=4))
     doc = json.loads((run_dir / "series" / "series.json").read_text())
     assert doc["schema"] == SCHEMA and doc["base"] == str(run_dir.parent / "base")
     assert doc["run"] == {"run": "grpo-true", "reward": "true", "seed": 1}
     assert [s["step"] for s in doc["steps"]] == [1, 2, 3]
-    direct = model_metrics(diff(run_dir.parent / "base", run_dir / "checkpoint-3", device="cpu", geometry=True,
-                                rank_k=4).to_json())
+    direct = model_metrics(diff(run_dir.parent / "base", run_dir / "checkpoint-3", device="cpu", geometry=GeometryOptions(k=4)))
     step3 = doc["steps"][2]
     assert step3["vs_base"]["bitwise_sparsity"] == direct["bitwise_sparsity"]
     assert step3["vs_base"]["geometry"]["principal_energy_ratio"] == pytest.approx(
@@ -148,10 +150,10 @@ def test_an_interrupted_series_resumes_without_recomputing_cached_steps(run_dir,
 def test_cache_made_for_other_options_or_another_base_is_not_reused(tmp_path):
     run_dir = write_run(tmp_path, "grpo-true", "true", 1, steps=2)
     assert series(run_dir).diffs_computed == 3
-    with_geometry = series(run_dir, geometry=True, rank_k=4)
+    with_geometry = series(run_dir, geometry=GeometryOptions(k=4))
     assert with_geometry.diffs_computed == 3 and with_geometry.steps[0].vs_base["geometry"] is not None
-    assert series(run_dir, geometry=True, rank_k=2).diffs_computed == 3
-    assert series(run_dir, geometry=True, rank_k=4).diffs_computed == 0
+    assert series(run_dir, geometry=GeometryOptions(k=2)).diffs_computed == 3
+    assert series(run_dir, geometry=GeometryOptions(k=4)).diffs_computed == 0
     other_base = write_safetensors(tmp_path / "other-base", {n: t.bfloat16() for n, t in _base_tensors(8).items()})
     moved = series(run_dir, base=other_base)
     assert (moved.diffs_computed, moved.diffs_cached) == (2, 1)  # the vs-previous diff does not involve the base
@@ -191,7 +193,7 @@ def test_series_report_renders_every_section_or_says_what_to_run(run_dir, tmp_pa
 
     _write_kl(run_dir / "series" / "kl" / "step_1.json", 0.01, 0.05)
     _write_kl(run_dir / "series" / "kl" / "step_3.json", 0.03, 0.2)
-    full = series(run_dir, geometry=True, rank_k=4)
+    full = series(run_dir, geometry=GeometryOptions(k=4))
     out = tmp_path / "full"
     html_path = render_series_report(run_dir / "series" / "series.json", out)
     html = html_path.read_text()
