@@ -65,11 +65,11 @@ def overlap(
     all_names = set().union(*by_run)
     records, consensus = [], {}
     for name in names:
+        stored = base_ckpt.read(name).to(target)
         masks = []
         for (_, tuned, _, _), pairs in zip(opened, by_run):
             dtype = pairs[name].compare_dtype
-            a = base_ckpt.read(name).to(target).to(dtype)
-            masks.append(changed_mask(a, tuned.read(name).to(target).to(dtype), rule))
+            masks.append(changed_mask(stored.to(dtype), tuned.read(name).to(target).to(dtype), rule))
         counts, votes = mask_counts(masks)
         record = OverlapRecord(name, layer_index(name), module_kind(name), tuple(votes.shape), counts)
         if votes.dim() == 2:
