@@ -26,11 +26,17 @@ PENDING_GEOMETRY_ELEMENTS = 1 << 26
 
 
 def open_pair(a: str | Path | Checkpoint, b: str | Path | Checkpoint, *, strict: bool = False,
+              component: str | None = None, masters: bool = False,
+              adapter_base: str | Path | Checkpoint | None = None,
               ) -> tuple[Checkpoint, Checkpoint, list[TensorPair], Unpaired]:
-    """The road every Δ takes: open A, open B (a PEFT adapter is merged onto A), normalise names, pair
-    by name. Returns both checkpoints, the pairs, and what did not pair (`--strict`: PairingError)."""
-    ckpt_a = a if isinstance(a, Checkpoint) else open_checkpoint(a)
-    ckpt_b = b if isinstance(b, Checkpoint) else open_checkpoint(b, base=ckpt_a)
+    """The road every Δ takes: open A, open B (a PEFT adapter is merged onto `adapter_base`, default A),
+    normalise names, pair by name. `component` / `masters` pick which weights each side's layout gives
+    (`open_checkpoint`). Returns both checkpoints, the pairs, and what did not pair (`--strict`: PairingError)."""
+    options = {"component": component, "masters": masters}
+    base = adapter_base if adapter_base is None or isinstance(adapter_base, Checkpoint) else open_checkpoint(
+        adapter_base, **options)
+    ckpt_a = a if isinstance(a, Checkpoint) else open_checkpoint(a, base=base, **options)
+    ckpt_b = b if isinstance(b, Checkpoint) else open_checkpoint(b, base=base or ckpt_a, **options)
     normalise_pair(ckpt_a, ckpt_b)
     pairs, unpaired = pair_tensors(ckpt_a, ckpt_b, strict=strict)
     return ckpt_a, ckpt_b, pairs, unpaired
@@ -45,6 +51,9 @@ def diff(
     save_masks: bool = False,
     geometry: GeometryOptions | None = None,
     progress: bool = False,
+    component: str | None = None,
+    masters: bool = False,
+    adapter_base: str | Path | Checkpoint | None = None,
 ) -> DiffResult:
     """Compare checkpoint B (tuned) against A (base), tensor by tensor, in one fused pass each.
 
@@ -59,13 +68,19 @@ def diff(
             shape held at once). Pairs it cannot take (1-D, smaller than 2×2, NaN/Inf) are listed in
             `DiffResult.geometry_skipped`.
         progress: show a tqdm bar by bytes.
+        component: the verl component of step folders on either side (default "actor"), e.g. "critic".
+        masters: read fp32 master weights where a side holds them beside stored 16-bit weights
+            (DeepSpeed ZeRO, Megatron); each side's notes say which were read.
+        adapter_base: the checkpoint PEFT adapters on either side are merged onto (default: a), so
+            two steps of a LoRA run compare as two merged models.
 
     Example:
         >>> result = diff("runs/base", "runs/grpo-step-100", geometry=GeometryOptions(k=64))
         >>> result.summary().changed
     """
     target = resolve_device(device, kernels=True)
-    ckpt_a, ckpt_b, pairs, unpaired = open_pair(a, b, strict=strict)
+    ckpt_a, ckpt_b, pairs, unpaired = open_pair(a, b, strict=strict, component=component, masters=masters,
+                                                adapter_base=adapter_base)
 
     start = time.perf_counter()
     records, masks, geometry_skipped, bytes_read = [], {}, [], 0

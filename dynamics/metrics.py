@@ -4,7 +4,7 @@ A metric is one function registered with what it needs:
 - `element`: a function of additive `ElementStats` counters (per tensor, and of summed counters for a
   layer, a module kind, a dtype or the model: element-weighted);
 - `matrix`: a function of a group of `TensorRecord`s that carry `GeometryStats` (the matrix pass);
-- `probe`: a function of a probe result (`probes.results`) and one parameter;
+- `probe`: a function of a probe result (e.g. `probes.fisher.FisherResult`) and one parameter;
 - `overlap`: a function of additive `OverlapCounts` (R runs' update masks, `dynamics.overlap`);
 - `paper`: a function of additive `PaperCounts` (the papers' own definitions, `dynamics.paper_metrics`).
 

@@ -27,7 +27,8 @@ class TensorPair:
 
 @dataclass(frozen=True)
 class Unpaired:
-    """Tensors left out of the comparison or compared after a cast, and why."""
+    """Tensors left out of the comparison, and pairs compared in float32 because their dtypes differ
+    (`dtype_mismatch`: the upcast is exact, so these are in the numbers)."""
 
     only_a: list[str] = field(default_factory=list)
     only_b: list[str] = field(default_factory=list)
@@ -40,13 +41,10 @@ class Unpaired:
 
 
 def compare_dtype(a: torch.dtype, b: torch.dtype) -> torch.dtype:
-    """Dtype both sides are compared in: the common one; float32 vs a 16-bit dtype → the 16-bit
-    one (what B would look like stored like A); bf16 vs fp16 → float32 (both exact there)."""
-    if a == b:
-        return a
-    if torch.float32 in (a, b):
-        return b if a == torch.float32 else a
-    return torch.float32
+    """Dtype both sides are compared in: the common one, else float32, which holds every bf16 and
+    fp16 value exactly, so a 16-bit base against fp32 (master) weights counts what changed in fp32,
+    ULPs are fp32 ULPs, and the share bf16 storage would hide is computed for the fp32 side."""
+    return a if a == b else torch.float32
 
 
 def pair_tensors(a: Checkpoint, b: Checkpoint, strict: bool = False) -> tuple[list[TensorPair], Unpaired]:

@@ -1,18 +1,18 @@
 """Run folders: who a run is (`run.json`, a lab's `manifest.json`, a hand-written manifest), its step
-checkpoints (`checkpoint-N`, `global_step_N`, `step_N`, nested in a trainer's layout), and its base."""
+checkpoints (`checkpoint-N`, `global_step_N`, `global_stepN`, `iter_NNNNNNN`, `step_N`: named as
+`dynamics.checkpoints.steps` parses them, nested in a trainer's layout), and its base."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from dynamics.checkpoints.steps import STEP_FOLDER_NAMES, step_of_folder
 from dynamics.documents import RUN_SCHEMA, read_json_document
 from dynamics.errors import DynamicsError
 
-STEP_FOLDER = re.compile(r"^(?:checkpoint|global_step|step)[-_](\d+)$")
 SEARCH_DEPTH = 3  # levels below the run folder searched for step folders
 
 class SeriesError(DynamicsError):
@@ -148,11 +148,10 @@ def find_step_checkpoints(run_dir: str | Path) -> list[StepCheckpoint]:
         below = []
         for folder in level:
             for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                match = STEP_FOLDER.match(sub.name)
-                if match is None:
+                step = step_of_folder(sub.name)
+                if step is None:
                     below.append(sub)
                     continue
-                step = int(match.group(1))
                 if step in found:
                     raise SeriesError(f"{run_dir}: two folders for step {step} "
                                       f"({found[step].relative_to(run_dir)}, {sub.relative_to(run_dir)})")
@@ -160,7 +159,7 @@ def find_step_checkpoints(run_dir: str | Path) -> list[StepCheckpoint]:
         if found:
             return [StepCheckpoint(step, found[step]) for step in sorted(found)]
         level = below
-    raise SeriesError(f"{run_dir}: no checkpoint-N, global_step_N or step_N folder "
+    raise SeriesError(f"{run_dir}: no {STEP_FOLDER_NAMES} folder "
                       f"(searched {SEARCH_DEPTH} levels down)")
 
 

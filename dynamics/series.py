@@ -27,6 +27,7 @@ from dynamics.documents import (
     DIFF_SCHEMA,
     KL_SCHEMA,
     SERIES_SCHEMA,
+    check_schema,
     read_json_document,
     write_json_document,
 )
@@ -71,11 +72,30 @@ class Series:
                 "options": self.options, "kl_source": self.kl_source,
                 "steps": [asdict(s) for s in self.steps]}
 
+    @staticmethod
+    def from_json(doc: dict, out_dir: str | Path = "") -> Series:
+        """The series a `dynamics.series/1` document holds (`out_dir` and the counts are not part of it)."""
+        check_schema(doc, SERIES_SCHEMA)
+        return Series(run_dir=doc["run_dir"], base=doc["base"], run=doc["run"], options=doc["options"],
+                      kl_source=doc["kl_source"], steps=[SeriesStep(**step) for step in doc["steps"]],
+                      out_dir=str(out_dir), diffs_computed=0, diffs_cached=0)
 
-def cache_key(a: Path, b: Path, geometry: GeometryOptions | None) -> str:
-    """12 hex digits of SHA-256 over both resolved paths and the diff options that change numbers."""
+    @staticmethod
+    def read_json(path: str | Path) -> Series:
+        """`from_json` of a `series.json`, its folder as `out_dir`; a bad file is one error naming it."""
+        return Series.from_json(read_json_document(path, SERIES_SCHEMA, SeriesError), Path(path).parent)
+
+
+def cache_key(a: Path, b: Path, geometry: GeometryOptions | None, *, component: str | None = None,
+              masters: bool = False, adapter_base: Path | None = None) -> str:
+    """12 hex digits of SHA-256 over both resolved paths and the diff options that change numbers
+    (the weights read, and the base a PEFT adapter step merges onto, enter only when they matter)."""
     identity = {"schema": DIFF_SCHEMA, "a": str(Path(a).resolve()), "b": str(Path(b).resolve()),
                 "geometry": None if geometry is None else asdict(geometry)}
+    if component is not None or masters:
+        identity.update(component=component, masters=masters)
+    if adapter_base is not None and (Path(a) / "adapter_config.json").is_file():
+        identity["adapter_base"] = str(Path(adapter_base).resolve())
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -127,6 +147,8 @@ def series(
     kl: dict[int, Path] | None = None,
     labels: RunInfo | None = None,
     progress: bool = False,
+    component: str | None = None,
+    masters: bool = False,
 ) -> Series:
     """Diff every step of the run in `run_dir` against the base and against the previous step;
     write the diffs to `out/cache/` and `out/series.json` (atomically); return the series.
@@ -141,6 +163,7 @@ def series(
         kl: `dynamics.kl/1` files per step; default: `out/kl/step_N.json` where present.
         labels: run label, reward and seed to record; default: from run.json.
         progress: a tqdm bar over steps.
+        component, masters: which weights of each step (`dynamics.diff`); part of the cache key.
     """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "series"
@@ -154,10 +177,12 @@ def series(
     counts = {"computed": 0, "cached": 0}
 
     def cached_diff(a: Path, b: Path, name: str) -> dict:
-        path = out / "cache" / f"{name}-{cache_key(a, b, geometry)}.json"
+        key = cache_key(a, b, geometry, component=component, masters=masters, adapter_base=base_path)
+        path = out / "cache" / f"{name}-{key}.json"
         result = _read_cache(path)
         if result is None:
-            result = diff(a, b, device=device, geometry=geometry)
+            result = diff(a, b, device=device, geometry=geometry, component=component, masters=masters,
+                          adapter_base=base_path)
             write_json(result, path)
             counts["computed"] += 1
         else:

@@ -28,7 +28,7 @@ def _markdown_block(block: Block, out_dir: Path) -> list[str]:
         png, data = block.png.relative_to(out_dir).as_posix(), block.data.relative_to(out_dir).as_posix()
         return [f"![{block.caption}]({png})", "", f"*{block.caption}* Data: [`{data}`]({data})"]
     lines = [f"*{block.caption}*", ""] if block.caption else []
-    lines.append("| " + " | ".join(block.header) + " |")
+    lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in block.header) + " |")
     lines.append("|" + "|".join("---" if i < block.numeric_from else "---:" for i in range(len(block.header))) + "|")
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in block.rows]
     return lines

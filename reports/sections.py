@@ -19,7 +19,7 @@ def subtitle(result: DiffResult) -> list[str]:
     return [
         f"A (base): `{result.a.path}`",
         f"B (tuned): `{result.b.path}`",
-        (f"{len(result.records)} tensor pairs, {result.summary().numel:,} elements, stored as {dtypes}; "
+        (f"{len(result.records)} tensor pairs, {result.summary().numel:,} elements, compared in {dtypes}; "
          f"diff ran on {result.device} in {result.seconds:.1f} s"),
     ]
 

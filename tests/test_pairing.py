@@ -23,7 +23,7 @@ def test_unpaired_tensors_are_listed_not_dropped():
     assert [p.name for p in pairs] == ["w", "d"]
     assert unpaired.only_a == ["only_a"] and unpaired.only_b == ["only_b"]
     assert unpaired.shape_mismatch == [{"name": "s", "shape_a": [4], "shape_b": [5]}]
-    assert unpaired.dtype_mismatch == [{"name": "d", "dtype_a": "float32", "dtype_b": "bfloat16", "compared_as": "bfloat16"}]
+    assert unpaired.dtype_mismatch == [{"name": "d", "dtype_a": "float32", "dtype_b": "bfloat16", "compared_as": "float32"}]
     assert unpaired.not_float == ["ids"]
 
 
@@ -48,8 +48,8 @@ def test_strict_dtype_mismatch_names_tensor():
 
 @pytest.mark.parametrize("a, b, expected", [
     (torch.float32, torch.float32, torch.float32),
-    (torch.float32, torch.bfloat16, torch.bfloat16),
-    (torch.float16, torch.float32, torch.float16),
+    (torch.float32, torch.bfloat16, torch.float32),
+    (torch.float16, torch.float32, torch.float32),
     (torch.bfloat16, torch.float16, torch.float32),
 ])
 def test_compare_dtype(a, b, expected):

@@ -28,18 +28,22 @@ def read_config(folder: Path) -> tuple[dict, list[str]]:
 def drop_tied_lm_head(ckpt: Checkpoint) -> None:
     """With `tie_word_embeddings: true`, `lm_head.weight` is the embedding: drop it, record it in `tied`.
 
-    Nothing happens unless exactly one embedding of the same shape is there.
+    Also when the file leaves it out (transformers saves a tied head once), so that an adapter on
+    `lm_head` finds its weight. Nothing happens unless exactly one embedding (of the head's shape) is there.
     """
-    head = ckpt.tensors.get(LM_HEAD)
-    if ckpt.config.get("tie_word_embeddings") is not True or head is None:
+    if ckpt.config.get("tie_word_embeddings") is not True or LM_HEAD in ckpt.tied:
         return
+    head = ckpt.tensors.get(LM_HEAD)
     embeddings = [
         name for name, info in ckpt.tensors.items()
-        if name != LM_HEAD and name.endswith(EMBEDDING_SUFFIXES) and info.shape == head.shape
+        if name != LM_HEAD and name.endswith(EMBEDDING_SUFFIXES) and (head is None or info.shape == head.shape)
     ]
     if len(embeddings) != 1:
         return
+    ckpt.tied[LM_HEAD] = embeddings[0]
+    if head is None:
+        ckpt.notes.append(f"{LM_HEAD} is tied to {embeddings[0]} (tie_word_embeddings in config.json; not stored)")
+        return
     del ckpt.tensors[LM_HEAD]
     ckpt.locations.pop(LM_HEAD, None)
-    ckpt.tied[LM_HEAD] = embeddings[0]
     ckpt.notes.append(f"dropped {LM_HEAD}: tied to {embeddings[0]} (tie_word_embeddings in config.json)")

@@ -25,7 +25,7 @@ def strip_wrapper_prefixes(ckpt: Checkpoint) -> None:
 
 def normalise_pair(a: Checkpoint, b: Checkpoint) -> None:
     """Strip a leading `model.` from the side whose names carry it when the other side's never do
-    and stripping raises the number of shared names. Mutates that checkpoint and notes it."""
+    and stripping raises the number of shared names; then `untie_to_match`. Mutates and notes it."""
     for side, other in ((a, b), (b, a)):
         if _has_model_prefix(side) and not _has_model_prefix(other):
             stripped = {name.removeprefix(MODEL_PREFIX) for name in side.tensors}
@@ -33,7 +33,27 @@ def normalise_pair(a: Checkpoint, b: Checkpoint) -> None:
             if not collides and len(stripped & other.tensors.keys()) > len(side.tensors.keys() & other.tensors.keys()):
                 count = rename(side, lambda name: name.removeprefix(MODEL_PREFIX))
                 side.notes.append(f"stripped leading '{MODEL_PREFIX}' from {count} tensor names to match {other.path}")
-            return
+            break
+    untie_to_match(a, b)
+
+
+def untie_to_match(a: Checkpoint, b: Checkpoint) -> None:
+    """A name one side stores and the other only has as a tied alias (an untied `lm_head`, against a
+    base that ties it to the embedding) is compared against the tensor it is tied to: the alias
+    becomes a tensor of its own on the tying side, read from the kept tensor. Noted on that side."""
+    for side, other in ((a, b), (b, a)):
+        aliases = [name for name in other.tensors if name in side.tied and name not in side.tensors]
+        if not aliases:
+            continue
+        reader = side.reader
+        kept_of = {alias: side.tied.pop(alias) for alias in aliases}
+        for alias, kept in kept_of.items():
+            side.tensors[alias] = replace(side.tensors[kept], name=alias)
+            if kept in side.locations:
+                side.locations[alias] = side.locations[kept]
+        side.reader = lambda name, reader=reader, kept_of=kept_of: reader(kept_of.get(name, name))
+        side.notes.append("compared " + ", ".join(f"{alias} as {kept} (tied here, stored in {other.path})"
+                                                  for alias, kept in kept_of.items()))
 
 
 def rename(ckpt: Checkpoint, new_name: Callable[[str], str]) -> int:

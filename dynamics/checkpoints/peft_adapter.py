@@ -120,6 +120,7 @@ def open_lora_adapter(path: Path, folder: Path, adapter_file: Path, base: Checkp
     mapping, to_base = _choose_mapping({**{n: m.a_key for n, m in merges.items()}, **copies}, base, adapter_file)
     merges = {to_base(name): merge for name, merge in merges.items()}
     copies = {to_base(name): key for name, key in copies.items()}
+    tie_notes = _follow_ties(merges, copies, base, adapter_file)
 
     tensors = dict(base.tensors)
     for name in (*merges, *copies):  # a tied alias the adapter changes becomes a tensor of its own
@@ -143,6 +144,7 @@ def open_lora_adapter(path: Path, folder: Path, adapter_file: Path, base: Checkp
         notes.append(f"took {len(copies)} tensors from the adapter (modules_to_save / saved base layers)")
     if mapping != "as is":
         notes.append(f"adapter module names matched to the base {mapping}")
+    notes += tie_notes
     rslora = ", rslora" if config.use_rslora else ""
     return Checkpoint(
         path,
@@ -203,6 +205,26 @@ def _choose_mapping(targets: dict[str, str], base: Checkpoint, adapter_file: Pat
                 f"{adapter_file}: tensor {key} targets {to_base(name)}, which {base.path} does not have"
             )
     return description, to_base
+
+
+def _follow_ties(merges: dict[str, LoraMerge], copies: dict[str, str], base: Checkpoint,
+                 adapter_file: Path) -> list[str]:
+    """Adapters on a tied weight (`lm_head` on a tied-embedding base), as peft's merge_and_unload
+    leaves them: a LoRA update lands on the shared weight, so it moves to the kept name (and the
+    alias stays tied; its saved `base_layer` copy is the base weight, dropped); a full copy
+    (modules_to_save) unties the alias, which becomes a tensor of its own. Mutates both maps."""
+    notes = []
+    for alias in [name for name in merges if name in base.tied]:
+        kept = base.tied[alias]
+        if kept in merges:
+            raise CheckpointError(f"{adapter_file}: LoRA updates on both {alias} and {kept}, which are one tied "
+                                  "weight in the base; merge them with peft and pass the merged model")
+        merges[kept] = merges.pop(alias)
+        copies.pop(alias, None)
+        notes.append(f"LoRA on {alias} merged into {kept}, which it is tied to (peft's merge changes the shared weight)")
+    for alias in [name for name in copies if name in base.tied and name not in merges]:
+        notes.append(f"untied {alias} from {base.tied[alias]}: the adapter saves its own copy (modules_to_save)")
+    return notes
 
 
 def _check_fit(adapter: Checkpoint, adapter_file: Path, merge: LoraMerge, target: TensorInfo) -> None:

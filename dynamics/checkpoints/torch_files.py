@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 from collections.abc import Sequence
@@ -56,19 +57,40 @@ def open_torch_files(path: Path, files: Sequence[Path]) -> Checkpoint:
     return Checkpoint(path, _describe(files), tensors, read, notes=notes, tied=tied)
 
 
-def _load_state_dict(file: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The numeric tensors of `file` (unwrapping a nested state dict) and notes on what was left out."""
-    notes: list[str] = []
+def load_weights_only(file: Path, stand_ins: Sequence[tuple[type, str]] = ()) -> object:
+    """`torch.load(file, weights_only=True)`, memory-mapped for zip files, with DTensor support.
+
+    `stand_ins` are (inert class, "module.Name") pairs a framework's file pickles (never the real
+    classes: nothing beyond tensors and these plain containers is built). Refusals and broken files
+    are CheckpointErrors naming the file.
+    """
+    import torch.distributed.tensor
+
+    mesh_log = logging.getLogger("torch.distributed.device_mesh")
+    level = mesh_log.level
+    mesh_log.setLevel(logging.ERROR)  # a DeviceMesh unpickled without process groups warns; it is never used
     try:
-        mmap = _is_zip(file)
-        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+        with torch.serialization.safe_globals(list(stand_ins)):
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=_is_zip(file))
     except pickle.UnpicklingError as e:
         found = _UNSAFE_GLOBAL.search(str(e))
         detail = f": {found.group(1)}" if found else ""
         raise CheckpointError(f"{file}: refused: needs pickle beyond tensors (not executed){detail}") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{file}: cannot load: {(str(e) or type(e).__name__).splitlines()[0]}") from e
-    if not mmap:
+    finally:
+        mesh_log.setLevel(level)
+
+
+def _load_state_dict(file: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The numeric tensors of `file` (unwrapping a nested state dict) and notes on what was left out.
+
+    A file without model tensors (an optimizer state, ZeRO-3 placeholders, a DTensor shard of a
+    multi-rank run) is a CheckpointError saying what it holds instead.
+    """
+    notes: list[str] = []
+    obj = load_weights_only(file)
+    if not _is_zip(file):
         notes.append(f"{file.name}: legacy (non-zip) torch file, loaded into memory")
     while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         key = next((k for k in NESTED_STATE_DICT_KEYS if isinstance(obj.get(k), dict)), None)
@@ -79,10 +101,30 @@ def _load_state_dict(file: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{file}: holds a {type(obj).__name__}, not a state dict")
     state = {k: v for k, v in obj.items() if isinstance(k, str) and _is_numeric_tensor(v)}
+    _check_holds_weights(file, obj, state)
     ignored = [str(k) for k in obj if k not in state]
     if ignored:
         notes.append(f"{file.name}: ignored {len(ignored)} non-tensor or non-numeric entries: {_listing(ignored)}")
     return state, notes
+
+
+def _check_holds_weights(file: Path, obj: dict, state: dict[str, torch.Tensor]) -> None:
+    """Raise unless `state` holds full model tensors; say what `file` holds instead."""
+    from torch.distributed.tensor import DTensor
+
+    if {"state", "param_groups"} <= obj.keys():
+        raise CheckpointError(f"{file}: holds an optimizer state (state, param_groups), not model weights")
+    if not state:
+        keys = _listing([str(k) for k in obj]) or "nothing"
+        raise CheckpointError(f"{file}: holds no model tensors (top-level entries: {keys})")
+    shards = [name for name, t in state.items() if isinstance(t, DTensor)]
+    if shards:
+        mesh = state[shards[0]].device_mesh.mesh
+        raise CheckpointError(f"{file}: holds DTensor shards of a {mesh.numel()}-rank run ({len(shards)} tensors), "
+                              f"not full weights; open the folder holding every rank file")
+    if all(t.numel() == 0 for t in state.values()):
+        raise CheckpointError(f"{file}: holds only empty placeholder tensors ({len(state)} names), not weights "
+                              "(ZeRO-3 model states: open the DeepSpeed checkpoint folder)")
 
 
 def _is_numeric_tensor(value: object) -> bool:

@@ -32,11 +32,18 @@ def add_geometry(p: argparse.ArgumentParser) -> None:
     p.add_argument("--geometry-exact", action="store_true", help="exact SVD instead of randomized (small models)")
 
 
+def add_weights_choice(p: argparse.ArgumentParser) -> None:
+    """`--component NAME` and `--masters`: which weights a training framework's folder gives."""
+    p.add_argument("--component", help="verl component of a global_step_N folder (default actor), e.g. critic")
+    p.add_argument("--masters", action="store_true",
+                   help="read fp32 master weights where a checkpoint also holds them (DeepSpeed ZeRO, Megatron)")
+
+
 def geometry_options(args: argparse.Namespace, always: bool = False) -> GeometryOptions | None:
     """The frozen matrix-pass options the flags ask for; None when `--geometry` is off (and not `always`)."""
     if args.rank_k < 1:
         raise DynamicsError("--rank-k must be at least 1")
-    if not (always or args.geometry):
+    if not (always or getattr(args, "geometry", False)):
         return None
     return GeometryOptions(k=args.rank_k, exact=getattr(args, "geometry_exact", False))
 

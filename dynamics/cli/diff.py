@@ -5,19 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dynamics.cli.common import Subparsers, add_geometry, device_and_quiet, geometry_options, wrote
+from dynamics.cli.common import Subparsers, add_geometry, add_weights_choice, device_and_quiet, geometry_options, wrote
 from dynamics.errors import DynamicsError
 
 
 def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("diff", parents=[device_and_quiet()], help="compare checkpoint B (tuned) against A (base)")
-    p.add_argument("a", help="base checkpoint: HF folder, .safetensors, .bin/.pt, trainer folder")
+    p.add_argument("a", help="base checkpoint: HF folder, .safetensors, .bin/.pt, trainer folder, or a training "
+                             "framework's folder (verl, DeepSpeed, torch DCP, Megatron)")
     p.add_argument("b", help="tuned checkpoint, or a PEFT adapter folder applied on A")
     p.add_argument("--json", type=Path, help="write the dynamics.diff/1 JSON document here")
     p.add_argument("--h5", type=Path, help="write per-tensor datasets and histograms here (HDF5)")
     p.add_argument("--save-masks", action="store_true", help="also store bit-packed update masks in --h5")
     p.add_argument("--strict", action="store_true", help="fail on missing tensors and shape/dtype mismatches")
     add_geometry(p)
+    add_weights_choice(p)
     p.set_defaults(run=run)
 
 
@@ -29,7 +31,8 @@ def run(args: argparse.Namespace) -> None:
     if args.save_masks and not args.h5:
         raise DynamicsError("--save-masks needs --h5 PATH")
     result = diff(args.a, args.b, device=args.device, strict=args.strict, save_masks=args.save_masks,
-                  geometry=geometry_options(args), progress=not args.quiet)
+                  geometry=geometry_options(args), progress=not args.quiet, component=args.component,
+                  masters=args.masters)
     print(format_summary(result))
     if args.json:
         write_json(result, args.json)

@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dynamics.cli.common import Subparsers, add_geometry, device_and_quiet, geometry_options, wrote
+from dynamics.cli.common import Subparsers, add_geometry, add_weights_choice, device_and_quiet, geometry_options, wrote
 
 
 def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("series", parents=[device_and_quiet()],
                        help="diff every checkpoint of a run against the base and the previous step; "
                             "series.json and a report")
-    p.add_argument("run_dir", help="run folder with checkpoint-N / global_step_N / step_N folders")
+    p.add_argument("run_dir", help="run folder with checkpoint-N / global_step_N / global_stepN / iter_NNNNNNN / "
+                                     "step_N folders")
     p.add_argument("--base", help="base checkpoint (default: \"base\" in RUN_DIR/run.json)")
     p.add_argument("-o", "--out", help="output folder for series.json, cache/ and the report (default RUN_DIR/series)")
     add_geometry(p)
+    add_weights_choice(p)
     p.add_argument("--kl", action="append", default=[], metavar="STEP=FILE",
                    help="dynamics.kl/1 file of one step (repeat; default: OUT/kl/step_N.json where present)")
     p.set_defaults(run=run)
@@ -27,7 +29,8 @@ def run(args: argparse.Namespace) -> None:
 
     kl = dict(parse_step_file(text) for text in args.kl)
     result = series(args.run_dir, base=args.base, out=args.out, geometry=geometry_options(args),
-                    device=args.device, kl=kl, progress=not args.quiet)
+                    device=args.device, kl=kl, progress=not args.quiet, component=args.component,
+                    masters=args.masters)
     out = Path(result.out_dir)
     print(f"{len(result.steps)} checkpoints of {result.run_dir} against {result.base}: "
           f"{result.diffs_computed} diffs computed, {result.diffs_cached} reused from {out / 'cache'}")

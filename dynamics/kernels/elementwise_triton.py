@@ -229,7 +229,7 @@ def _rel_exceed(acc, ad, scale, TR, FIELD: tl.constexpr):
 
 @triton.jit
 def _fast_tile(A, B, x, xw, a, b, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
-               KIND: tl.constexpr, USE_PTX: tl.constexpr, VARIANT: tl.constexpr, WORDS: tl.constexpr = False):
+               KIND: tl.constexpr, USE_PTX: tl.constexpr, WORDS: tl.constexpr = False):
     """Add one tile to the per-lane packed counters (all elements assumed finite, |x| < 2^30).
 
     acc_abs fields 0-5: |Δ| > ABS_TOLERANCES[i]. acc_rel fields: |Δ| > REL_TOLERANCES[i] for
@@ -265,13 +265,12 @@ def _fast_tile(A, B, x, xw, a, b, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd
         changed = _sat01(tl.abs(x.to(tl.float32)))
         acc_rel = tl.fma(changed, 65536.0, acc_rel)
 
-    if VARIANT != 2 and VARIANT != 3:
-        shift = _ulp_bucket(A, B, x, KIND, WORDS) * 4
-        h0 += _shl1(shift, USE_PTX)
-        h1 += _shl1(shift - 32, USE_PTX)
-        if KIND == 2:
-            h2 += _shl1(shift - 64, USE_PTX)
-            h3 += _shl1(shift - 96, USE_PTX)
+    shift = _ulp_bucket(A, B, x, KIND, WORDS) * 4
+    h0 += _shl1(shift, USE_PTX)
+    h1 += _shl1(shift - 32, USE_PTX)
+    if KIND == 2:
+        h2 += _shl1(shift - 64, USE_PTX)
+        h3 += _shl1(shift - 96, USE_PTX)
 
     delta = b - a
     ad = tl.abs(delta)
@@ -280,11 +279,6 @@ def _fast_tile(A, B, x, xw, a, b, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd
     ssa = tl.fma(a, a, ssa)
     ssb = tl.fma(b, b, ssb)
     mx = tl.maximum(mx, ad)
-    if VARIANT == 3:
-        return h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx
-
-    if VARIANT == 1:
-        return h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx
     acc_abs += _sat01(tl.fma(ad, _SCALE, -_TA0))
     acc_abs = tl.fma(_sat01(tl.fma(ad, _SCALE, -_TA1)), 16.0, acc_abs)
     acc_abs = tl.fma(_sat01(tl.fma(ad, _SCALE, -_TA2)), 256.0, acc_abs)
@@ -407,7 +401,7 @@ def _next_tile(tr, tc, n_tiles_r):
 def _tile_step(A_bits, B_bits, tr, tc, cur_tc, colacc, row_flags_ptr, col_flags_ptr, C, lr, lc,
                h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
                KIND: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, ROWCOL: tl.constexpr,
-               USE_PTX: tl.constexpr, VARIANT: tl.constexpr, WORDS: tl.constexpr = False):
+               USE_PTX: tl.constexpr, WORDS: tl.constexpr = False):
     """Flags and fast-path counters of the tile at (tr, tc).
 
     WORDS: row and column flags come from the XOR of whole words (one instruction per two
@@ -432,7 +426,7 @@ def _tile_step(A_bits, B_bits, tr, tc, cur_tc, colacc, row_flags_ptr, col_flags_
         colacc |= xr
     h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx = _fast_tile(
         A, B, x, xw, a, b, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
-        KIND, USE_PTX, VARIANT, WORDS)
+        KIND, USE_PTX, WORDS)
     return cur_tc, colacc, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx
 
 
@@ -441,14 +435,12 @@ def _element_stats_kernel(
     a_ptr, b_ptr, counts_ptr, sums_ptr, row_flags_ptr, col_flags_ptr,
     R, C, n_tiles_r, n_tiles,
     KIND: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, GROUP: tl.constexpr,
-    MASKED: tl.constexpr, ROWCOL: tl.constexpr, USE_PTX: tl.constexpr, VARIANT: tl.constexpr,
-    WORDS: tl.constexpr = False,
+    MASKED: tl.constexpr, ROWCOL: tl.constexpr, USE_PTX: tl.constexpr, WORDS: tl.constexpr = False,
 ):
     """One program: a contiguous run of tiles (column strip after column strip), in groups.
 
     Two tiles per warp are in flight while it computes (memory-level parallelism, not
-    arithmetic, limited a one-tile-ahead version to half the copy bandwidth). VARIANT 0 is the kernel; 1 skips tolerance counts, 2 the ULP
-    histogram, 3 keeps only loads, changed count and sums (cost breakdown for bench/ only).
+    arithmetic, limited a one-tile-ahead version to half the copy bandwidth).
     WORDS (bfloat16 with an even row length): the tensors come as int32 words of two elements
     and C counts words per row; tiles are still BR×BC elements.
     """
@@ -514,12 +506,12 @@ def _element_stats_kernel(
             cur_tc, colacc, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx = _tile_step(
                 P0a, P0b, tr, tc, cur_tc, colacc, row_flags_ptr, col_flags_ptr, C, lr, lc,
                 h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
-                KIND, BR, BC, ROWCOL, USE_PTX, VARIANT, WORDS)
+                KIND, BR, BC, ROWCOL, USE_PTX, WORDS)
             if t + 1 < g1:
                 cur_tc, colacc, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx = _tile_step(
                     P1a, P1b, tr1, tc1, cur_tc, colacc, row_flags_ptr, col_flags_ptr, C, lr, lc,
                     h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
-                    KIND, BR, BC, ROWCOL, USE_PTX, VARIANT, WORDS)
+                    KIND, BR, BC, ROWCOL, USE_PTX, WORDS)
             P0a, P0b = _load_tile(a_ptr, b_ptr, tl.where(t + 4 < t_end, tr4, tr), tl.where(t + 4 < t_end, tc4, tc),
                                   R, C, local, lr, lc, BR, BC, MASKED, WORDS)
             P1a, P1b = _load_tile(a_ptr, b_ptr, tl.where(t + 5 < t_end, tr5, tr), tl.where(t + 5 < t_end, tc5, tc),
@@ -528,27 +520,26 @@ def _element_stats_kernel(
                 cur_tc, colacc, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx = _tile_step(
                     Q0a, Q0b, tr2, tc2, cur_tc, colacc, row_flags_ptr, col_flags_ptr, C, lr, lc,
                     h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
-                    KIND, BR, BC, ROWCOL, USE_PTX, VARIANT, WORDS)
+                    KIND, BR, BC, ROWCOL, USE_PTX, WORDS)
             if t + 3 < g1:
                 cur_tc, colacc, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx = _tile_step(
                     Q1a, Q1b, tr3, tc3, cur_tc, colacc, row_flags_ptr, col_flags_ptr, C, lr, lc,
                     h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd, sad, ssa, ssb, mx,
-                    KIND, BR, BC, ROWCOL, USE_PTX, VARIANT, WORDS)
+                    KIND, BR, BC, ROWCOL, USE_PTX, WORDS)
             tr, tc = tr4, tc4
 
         FIRST: tl.constexpr = 2 if KIND == 0 else (1 if KIND == 1 else 0)  # see _fast_tile
         hist = tl.zeros([NUM_COUNTERS], tl.int64)
-        if VARIANT != 2 and VARIANT != 3:
-            hist = _add_fields(hist, idx, h0, _C_HIST, 8)
-            hist = _add_fields(hist, idx, h1, _C_HIST + 8, 8)
-            if KIND == 2:
-                hist = _add_fields(hist, idx, h2, _C_HIST + 16, 8)
-                hist = _add_fields(hist, idx, h3, _C_HIST + 24, 8)
+        hist = _add_fields(hist, idx, h0, _C_HIST, 8)
+        hist = _add_fields(hist, idx, h1, _C_HIST + 8, 8)
+        if KIND == 2:
+            hist = _add_fields(hist, idx, h2, _C_HIST + 16, 8)
+            hist = _add_fields(hist, idx, h3, _C_HIST + 24, 8)
         moved_g = tl.sum(hist)
         mx_g = tl.max(mx)
         rel = acc_rel.to(tl.int32)
         fast_ok = ((tl.sum(ssa) + tl.sum(ssb)) < _FAST_LIMIT) & (mx_g < 4.0)
-        if FIRST > 0 and VARIANT == 0:
+        if FIRST > 0:
             fast_ok = fast_ok & (tl.sum(rel & 15).to(tl.int64) == moved_g)
         if fast_ok:
             if KIND == 2:
@@ -564,11 +555,10 @@ def _element_stats_kernel(
                 changed_g = tl.sum((rel >> 16) & 15)
             cnt += tl.where(idx == _C_CHANGED, changed_g.to(tl.int64), 0)
             cnt += tl.where(idx == _C_MOVED, moved_g, 0) + hist
-            if VARIANT == 0:
-                cnt = _add_fields(cnt, idx, acc_abs.to(tl.int32), _C_ABS_EXCEED, 6)
-                cnt = _add_fields(cnt, idx, rel, _C_REL_EXCEED + FIRST, 5 - FIRST)
-                for i in tl.static_range(FIRST):
-                    cnt += tl.where(idx == _C_REL_EXCEED + i, moved_g, 0)
+            cnt = _add_fields(cnt, idx, acc_abs.to(tl.int32), _C_ABS_EXCEED, 6)
+            cnt = _add_fields(cnt, idx, rel, _C_REL_EXCEED + FIRST, 5 - FIRST)
+            for i in tl.static_range(FIRST):
+                cnt += tl.where(idx == _C_REL_EXCEED + i, moved_g, 0)
             tot_ssd += tl.sum(ssd).to(tl.float64)
             tot_sad += tl.sum(sad).to(tl.float64)
             tot_ssa += tl.sum(ssa).to(tl.float64)
@@ -603,16 +593,12 @@ class KernelConfig:
 
     tile_bytes: bytes of each tensor per loop step (512 = one 16-byte load per lane per tensor);
     num_warps: warps per program; group: tiles between flushes of the 4-bit packed counters
-    (a multiple of 4, ≤ 12: tiles go in fours); max_registers: cap per thread (Triton's
-    maxnreg; more resident warps, possibly spills); variant: cost breakdown for bench/ only
-    (0 is the kernel).
+    (a multiple of 4, ≤ 12: tiles go in fours).
     """
 
     tile_bytes: int = 512
     num_warps: int = 1
     group: int = 12
-    max_registers: int | None = None
-    variant: int = 0
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -716,9 +702,8 @@ def launch_element_stats(a: torch.Tensor, b: torch.Tensor, config: KernelConfig 
     scalars = (rows, cols // 2 if words else cols, n_tiles_r, n_tiles)
     kwargs = dict(
         KIND=_KIND[a.dtype], BR=br, BC=bc, GROUP=config.group, MASKED=masked, ROWCOL=is_matrix,
-        USE_PTX=device.type == "cuda", VARIANT=config.variant, WORDS=words,
+        USE_PTX=device.type == "cuda", WORDS=words,
         num_warps=config.num_warps, enable_fp_fusion=False,
-        **({"maxnreg": config.max_registers} if config.max_registers else {}),
     )
 
     def outputs(programs: int) -> tuple[torch.Tensor, ...]:
