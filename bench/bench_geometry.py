@@ -22,14 +22,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dynamics import geometry
+from dynamics import geometry, svd
 from dynamics.geometry import (
     RANK_ENERGY_RANKS,
-    gaussian_sketch,
     geometry_stats_batched,
-    randomized_singular_values,
-    randomized_svd,
 )
+from dynamics.svd import gaussian_sketch, randomized_singular_values, randomized_svd
 
 FULL = {"hidden": 3584, "kv": 512, "intermediate": 18944, "vocab": 152064}
 SMALL = {"hidden": 512, "kv": 128, "intermediate": 2752, "vocab": 16384}
@@ -67,8 +65,8 @@ def time_svds(pairs: list, k: int, device: torch.device) -> float:
     m, n = pairs[0][0].shape
     full = min(m, n)
     kk, delta_rank = min(k, full), min(max(max(RANK_ENERGY_RANKS), k), full)
-    sketch = gaussian_sketch(n, min(kk + geometry.OVERSAMPLE, full), 0, device)
-    sketch_delta = gaussian_sketch(n, min(delta_rank + geometry.OVERSAMPLE, full), 1, device)
+    sketch = gaussian_sketch(n, min(kk + svd.OVERSAMPLE, full), 0, device)
+    sketch_delta = gaussian_sketch(n, min(delta_rank + svd.OVERSAMPLE, full), 1, device)
     per_stack = max(1, geometry.BATCH_ELEMENTS // (m * n))
     seconds = 0.0
     for start in range(0, len(pairs), per_stack):
@@ -101,7 +99,7 @@ def main() -> None:
     geometry_stats_batched([make_pair((64, 48), 0, device)], k=8)
     sync(device)
 
-    print(f"device {device}, k {args.k}, oversample {geometry.OVERSAMPLE}, "
+    print(f"device {device}, k {args.k}, oversample {svd.OVERSAMPLE}, "
           f"power iterations {geometry.POWER_ITERATIONS}, layers {args.layers}")
     print(f"{'weights':24s} {'shape':>15s} {'count':>5s} {'seconds':>8s} {'ms each':>8s} {'svd s':>7s} "
           f"{'svd %':>6s} {'changed':>8s} {'ρ_k/base':>9s}")

@@ -112,7 +112,7 @@ def diff(
         records[index] = replace(records[index], geometry=matrix)
     return DiffResult(
         a=_side(ckpt_a), b=_side(ckpt_b), records=records, unpaired=unpaired, device=target.type,
-        seconds=time.perf_counter() - start, bytes_read=bytes_read, masks=masks,
+        seconds=time.perf_counter() - start, bytes_read=bytes_read, packed_masks=masks,
         geometry_skipped=geometry_skipped,
     )
 

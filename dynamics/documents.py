@@ -22,6 +22,9 @@ LAB_SCHEMA = "dynamics.lab/1"
 KL_SCHEMA = "dynamics.kl/1"
 FISHER_SCHEMA = "dynamics.fisher/1"
 BEHAVIOR_SCHEMA = "dynamics.behavior/1"
+OVERLAP_SCHEMA = "dynamics.overlap/1"
+LORA_EXTRACTION_SCHEMA = "dynamics.lora-extraction/1"
+PAPER_METRICS_SCHEMA = "dynamics.paper-metrics/1"
 
 
 @contextlib.contextmanager

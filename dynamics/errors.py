@@ -11,3 +11,7 @@ class CheckpointError(DynamicsError):
 
 class PairingError(DynamicsError):
     """Two checkpoints do not pair under `--strict` (missing tensor, shape or dtype mismatch)."""
+
+
+class MaskError(DynamicsError):
+    """A mask is missing, does not fit its tensor, or a selection / masked-training request is invalid."""

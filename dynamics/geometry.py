@@ -33,13 +33,18 @@ import torch
 
 from dynamics.kernels.elementwise_cpu import SUPPORTED_DTYPES
 from dynamics.masks import update_mask
+from dynamics.svd import (
+    OVERSAMPLE,
+    POWER_ITERATIONS,
+    exact_svd,
+    gaussian_sketch,
+    randomized_singular_values,
+    randomized_svd,
+)
 
 GEOMETRY_MASK_PERCENTS: tuple[int, ...] = (1, 5, 10, 20)
 RANK_ENERGY_RANKS: tuple[int, ...] = (1, 4, 16, 64, 256)
 
-# Randomized SVD settings; `randomized_svd` documents how they were chosen.
-OVERSAMPLE = 32
-POWER_ITERATIONS = 4
 # Row blocks of the mask passes hold at most this many elements (float32 values + int32 keys).
 BLOCK_ELEMENTS = 1 << 24
 # Radix select on non-negative float32 bits: 2^11 high bins (exponent + 3 mantissa bits), 2^20 low.
@@ -114,92 +119,6 @@ def skip_reason(shape: tuple[int, ...], dtype: torch.dtype) -> str | None:
     if dtype not in SUPPORTED_DTYPES:
         return f"dtype {str(dtype).removeprefix('torch.')}"
     return None
-
-
-# --------------------------------------------------------------------------- randomized SVD
-
-
-def gaussian_sketch(n: int, width: int, seed: int, device: torch.device | str) -> torch.Tensor:
-    """n × width standard normal test matrix, drawn on the CPU so CPU and CUDA runs use the same one."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(n, width, generator=generator).to(device)
-
-
-def randomized_svd(
-    a: torch.Tensor,
-    rank: int,
-    oversample: int = OVERSAMPLE,
-    power_iterations: int = POWER_ITERATIONS,
-    sketch: torch.Tensor | None = None,
-    seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-`rank` SVD of a float32 (…, m, n) stack by randomized subspace iteration (Halko et al. 2011).
-
-    Q = qr(A Ω) with Ω an n × l Gaussian sketch, l = min(rank + oversample, m, n); then `power_iterations`
-    times Z = qr(Aᵀ Q), Q = qr(A Z); finally Aᵀ Q = Z R and A ≈ Q Rᵀ Zᵀ, so the SVD of the l × l matrix
-    Rᵀ = Û S V̂ᵀ gives U = Q Û, V = Z V̂. The stack shares Ω (`sketch`, default `gaussian_sketch(n, l,
-    seed)`). Nothing larger than (m + n)·l per matrix is formed; A is read 2·power_iterations + 2 times.
-    Returns U (…, m, rank), S (…, rank) descending, V (…, n, rank).
-
-    Settings (p = oversample, q = power_iterations), measured at rank 64 against torch.linalg.svd on
-    RL-like pairs (W1 = W0 + a sparse update: noise plus a rank-4 part; `geometry_stats` with the same
-    p, q). Columns: max relative error of σ_i over i ≤ 16 and i ≤ 64; mean sin² of the angles between
-    the randomized and exact U_64; relative error of ρ_k, of the W0→W1 mean sin²θ, and of rank_energy
-    at 256. Trained model: byte-level Qwen2 (hidden 256, 4 layers, 400 + 60 AdamW steps on Python
-    source), median / max over its 30 matrices (min side ≤ 256, so Δ's top-256 is its whole spectrum).
-      case                           p  q   σ≤16       σ≤64       sin²(Ũ,U)  ρ_k        angle      energy@256
-      power law i^-0.5 + noise      10  4   3e-6       4.8e-2     7.3e-2     1.3e-2     0.45       1.4e-2
-        (2048 × 1024)               32  2   3e-4       5.4e-2     8.8e-2     1.0e-2     0.17       3.4e-2
-                                    32  4   9e-7       1.2e-2     1.6e-2     4.8e-3     0.015      9.5e-3
-                                    32  6   1e-6       2.9e-3     3.5e-3     1.6e-3     0.031      3.8e-3
-      power law i^-1 + noise        10  4   1.2e-2     5.5e-2     2.7e-1     7.9e-3     0.005      1.4e-2
-        (2048 × 1024)               32  4   5.5e-3     3.5e-2     2.0e-1     1.9e-2     1.0        9.4e-3
-      Gaussian N(0, 1), flat        10  4   2.0e-2     5.4e-2     3.4e-1     1.8e-2     0.041      1.4e-2
-        (2048 × 1024)               32  4   1.7e-2     3.4e-2     2.5e-1     3.3e-2     0.28       9.0e-3
-      trained Qwen2, median         10  4   3e-6       2.8e-2     4.0e-2     3.6e-3     0.33       —
-                                    32  4   1e-6       3.4e-3     3.2e-3     5.5e-4     0.052      —
-                                    32  6   9e-7       5.2e-4     3.2e-4     1.8e-4     0.009      —
-      trained Qwen2, max            10  4   3.4e-4     4.3e-2     9.5e-2     3.9e-2     4.8        —
-                                    32  4   1.5e-4     1.2e-2     3.3e-2     8.9e-3     0.73       —
-                                    32  6   4.6e-6     4.8e-3     9.7e-3     2.8e-3     0.68       —
-    Defaults p = 32, q = 4: on decaying spectra the leading σ_i are float32-exact, σ_64 within ~1%, ρ_k
-    within 1% (2-3% on flat spectra, where the top-k subspace itself is ill-defined), energy@256 within
-    1%. p = 32 instead of 10 costs ~16% more matrix products in `geometry_stats` (Δ's rank-256 sketch
-    dominates) and cuts the subspace error ~10× on the trained weights; q = 6 would cost 40% more.
-    Angles between top-k subspaces are sensitive wherever σ_k ≈ σ_{k+1} (the exact ones too: edge
-    directions mix), so randomized angles can be off by tens of percent; use exact=True for precise
-    angles on matrices that fit.
-    """
-    q, z, r = _subspace_iteration(a, rank, oversample, power_iterations, sketch, seed)
-    # The l × l SVD is latency-bound on a GPU (hundreds of small kernels): LAPACK on the host is faster.
-    u_small, s, vh_small = (x.to(a.device) for x in torch.linalg.svd(r.mT.cpu()))
-    return (q @ u_small[..., :rank]), s[..., :rank], (z @ vh_small[..., :rank, :].mT)
-
-
-def randomized_singular_values(
-    a: torch.Tensor,
-    rank: int,
-    oversample: int = OVERSAMPLE,
-    power_iterations: int = POWER_ITERATIONS,
-    sketch: torch.Tensor | None = None,
-    seed: int = 0,
-) -> torch.Tensor:
-    """S of `randomized_svd` (same arguments, same numbers) without forming singular vectors."""
-    _, _, r = _subspace_iteration(a, rank, oversample, power_iterations, sketch, seed)
-    return torch.linalg.svdvals(r.cpu())[..., :rank].to(a.device)
-
-
-def _subspace_iteration(a, rank, oversample, power_iterations, sketch, seed):
-    """Orthonormal Q (…, m, l), Z (…, n, l) and R (…, l, l) with Aᵀ Q = Z R, so A ≈ Q Rᵀ Zᵀ."""
-    m, n = a.shape[-2:]
-    if sketch is None:
-        sketch = gaussian_sketch(n, min(rank + oversample, m, n), seed, a.device)
-    q, _ = torch.linalg.qr(a @ sketch)
-    for _ in range(power_iterations):
-        z, _ = torch.linalg.qr(a.mT @ q)
-        q, _ = torch.linalg.qr(a @ z)
-    z, r = torch.linalg.qr(a.mT @ q)
-    return q, z, r
 
 
 # --------------------------------------------------------------------------- mask overlaps
@@ -365,8 +284,8 @@ def _geometry_stack(pairs, k: int, exact: bool, seed: int) -> list[GeometryStats
         raise ValueError("W0 or W1 holds NaN/Inf values; matrix geometry needs finite weights")
 
     if exact:
-        u0, s0, v0 = _exact_svd(a, kk)
-        u1, s1, v1 = _exact_svd(b, kk)
+        u0, s0, v0 = exact_svd(a, kk)
+        u1, s1, v1 = exact_svd(b, kk)
         s_delta = torch.linalg.svdvals(delta)[:, :delta_rank]
     else:
         # W0 and W1 share a sketch (see the module docstring); Δ gets its own, wider one.
@@ -415,11 +334,6 @@ def _geometry_stack(pairs, k: int, exact: bool, seed: int) -> list[GeometryStats
 def _frobenius_sq(x: torch.Tensor) -> torch.Tensor:
     """‖x‖_F² per matrix of a (B, m, n) stack, as float64 (the norm itself is reduced in float32)."""
     return torch.linalg.vector_norm(x, dim=(-2, -1)).double() ** 2
-
-
-def _exact_svd(a: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    u, s, vh = torch.linalg.svd(a, full_matrices=False)
-    return u[..., :rank], s[..., :rank], vh[..., :rank, :].mT
 
 
 def _principal_angles(x0: torch.Tensor, x1: torch.Tensor, rank0: torch.Tensor, rank1: torch.Tensor):

@@ -4,7 +4,9 @@ A metric is one function registered with what it needs:
 - `element`: a function of additive `ElementStats` counters (per tensor, and of summed counters for a
   layer, a module kind, a dtype or the model: element-weighted);
 - `matrix`: a function of a group of `TensorRecord`s that carry `GeometryStats` (the matrix pass);
-- `probe`: a function of a probe result (`probes.results`) and one parameter.
+- `probe`: a function of a probe result (e.g. `probes.fisher.FisherResult`) and one parameter;
+- `overlap`: a function of additive `OverlapCounts` (R runs' update masks, `dynamics.overlap`);
+- `paper`: a function of additive `PaperCounts` (the papers' own definitions, `dynamics.paper_metrics`).
 
 JSON rows and aggregates, HDF5 columns, the terminal summary, series and the reports all read the
 registered value by name (`Metric.label` is its one human label). A ratio whose denominator is zero is
@@ -21,9 +23,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from dynamics.element_stats import ABS_TOLERANCES, REL_TOLERANCES, ElementStats
 
 if TYPE_CHECKING:
+    from dynamics.overlap_counts import OverlapCounts
+    from dynamics.paper_metrics import PaperCounts
     from dynamics.result import TensorRecord
 
-Needs = Literal["element", "matrix", "probe"]
+Needs = Literal["element", "matrix", "probe", "overlap", "paper"]
 MetricValue = float | dict[str, float | None] | None
 
 # The absolute tolerance of the published sparsity numbers (|Δ| ≤ 1e-5); the key of its grid entry.
@@ -80,6 +84,16 @@ def matrix_metrics(records: Sequence[TensorRecord]) -> dict[str, MetricValue]:
     """Every registered matrix metric of a group of records (those without geometry are ignored)."""
     with_geometry = [r for r in records if r.geometry is not None]
     return {name: m.fn(with_geometry) for name, m in metrics_needing("matrix").items()}
+
+
+def overlap_metrics(c: OverlapCounts) -> dict[str, MetricValue]:
+    """Every registered overlap metric of `c`, by name."""
+    return {name: m.fn(c) for name, m in metrics_needing("overlap").items()}
+
+
+def paper_metrics_of(c: PaperCounts) -> dict[str, MetricValue]:
+    """Every registered paper metric of `c`, by name."""
+    return {name: m.fn(c) for name, m in metrics_needing("paper").items()}
 
 
 def probe_value(name: str, result: Any, parameter: Any = None) -> MetricValue:
@@ -210,6 +224,137 @@ def principal_energy_ratio(records: Sequence[TensorRecord]) -> float | None:
     energy = _energy_weighted(records, "principal_energy")
     baseline = _energy_weighted(records, "principal_energy_baseline")
     return energy / baseline if energy is not None and baseline else None
+
+
+# --- overlap metrics (consistency of R runs' update masks) -----------------------------------------
+# Run pairs are keyed "i-j" (i < j, run indices in the order given); p_r = |M_r| / n.
+
+def _pair_jaccard_chance(c: OverlapCounts, i: int, j: int) -> float | None:
+    p, q = c.updated[i] / c.numel, c.updated[j] / c.numel
+    return _ratio(p * q, p + q - p * q)
+
+
+@register("overlap", "update density per run")
+def update_density(c: OverlapCounts) -> dict[str, float | None]:
+    """p_r = |M_r| / n for each run r (key "r")."""
+    return {str(r): _ratio(u, c.numel) for r, u in enumerate(c.updated)}
+
+
+@register("overlap", "Jaccard |A∩B|/|A∪B|")
+def jaccard(c: OverlapCounts) -> dict[str, float | None]:
+    """Per run pair: |M_i ∩ M_j| / |M_i ∪ M_j|, |∪| = |M_i| + |M_j| − |∩|; None when neither run changed anything."""
+    return {f"{i}-{j}": _ratio(both, c.updated[i] + c.updated[j] - both) for i, j, both in c.pairs()}
+
+
+@register("overlap", "Jaccard chance pq/(p+q−pq)")
+def jaccard_chance(c: OverlapCounts) -> dict[str, float | None]:
+    """Per run pair: the Jaccard of independent Bernoulli masks of densities p, q: pq / (p + q − pq);
+    None when p = q = 0 (or n = 0)."""
+    if c.numel == 0:
+        return {f"{i}-{j}": None for i, j, _ in c.pairs()}
+    return {f"{i}-{j}": _pair_jaccard_chance(c, i, j) for i, j, _ in c.pairs()}
+
+
+@register("overlap", "Jaccard / chance", ".2f")
+def jaccard_over_chance(c: OverlapCounts) -> dict[str, float | None]:
+    """Per run pair: Jaccard / its chance level; None where either is undefined or chance is 0."""
+    observed, chance = jaccard(c), jaccard_chance(c)
+    return {key: None if observed[key] is None or not chance[key] else observed[key] / chance[key] for key in observed}
+
+
+@register("overlap", "overlap coefficient |A∩B|/min(|A|,|B|)")
+def overlap_coefficient(c: OverlapCounts) -> dict[str, float | None]:
+    """Per run pair: |M_i ∩ M_j| / min(|M_i|, |M_j|); None when one of the runs changed nothing."""
+    return {f"{i}-{j}": _ratio(both, min(c.updated[i], c.updated[j])) for i, j, both in c.pairs()}
+
+
+def _mean_defined(values: dict[str, float | None]) -> float | None:
+    defined = [v for v in values.values() if v is not None]
+    return sum(defined) / len(defined) if defined else None
+
+
+@register("overlap", "mean Jaccard over run pairs", headline=True)
+def mean_jaccard(c: OverlapCounts) -> float | None:
+    """Unweighted mean of `jaccard` over run pairs (the Path Not Taken's mean off-diagonal J)."""
+    return _mean_defined(jaccard(c))
+
+
+@register("overlap", "mean Jaccard chance", headline=True)
+def mean_jaccard_chance(c: OverlapCounts) -> float | None:
+    """Unweighted mean of `jaccard_chance` over run pairs."""
+    return _mean_defined(jaccard_chance(c))
+
+
+@register("overlap", "mean Jaccard / mean chance", ".2f", headline=True)
+def mean_jaccard_over_chance(c: OverlapCounts) -> float | None:
+    """mean_jaccard / mean_jaccard_chance; None when either is undefined or the chance is 0."""
+    observed, chance = mean_jaccard(c), mean_jaccard_chance(c)
+    return None if observed is None or not chance else observed / chance
+
+
+@register("overlap", "updated by all runs")
+def updated_by_all_share(c: OverlapCounts) -> float | None:
+    """|∩_r M_r| / n: share of elements every run changed."""
+    return _ratio(c.updated_by_all, c.numel)
+
+
+@register("overlap", "updated by no run")
+def updated_by_none_share(c: OverlapCounts) -> float | None:
+    """|∩_r M_r^c| / n: share of elements no run changed."""
+    return _ratio(c.updated_by_none, c.numel)
+
+
+# --- paper metrics (the Path Not Taken, RL Finetunes Small Subnetworks: their definitions) --------
+
+@register("paper", "sparsity_bf16 (η-rule, Path Not Taken Def. 2.2)", headline=True)
+def eta_sparsity(c: PaperCounts) -> float | None:
+    """1 − changed_eta / n, unchanged iff |ŵ − w| ≤ η·max(|w|, |ŵ|), η = 1e-3 (±0 unchanged)."""
+    return None if c.numel == 0 else 1.0 - c.changed_eta / c.numel
+
+
+@register("paper", "η-rule unchanged but bits differ", ".2e")
+def eta_forgiven_share(c: PaperCounts) -> float | None:
+    """(changed_bitwise − changed_eta) / n: elements the η-rule calls unchanged though their bits differ
+    (±0 flips, relative moves ≤ η: none for bf16 apart from ±0)."""
+    return _ratio(c.changed_bitwise - c.changed_eta, c.numel)
+
+
+@register("paper", "Δ == 0 share (Small Subnetworks)")
+def subnetworks_sparsity(c: PaperCounts) -> float | None:
+    """delta_zero / n with Δ computed in the stored dtype (element-weighted; the paper's layer figure is
+    the unweighted mean of tensors, `PaperResult.subnetworks_layer_sparsity`)."""
+    return _ratio(c.delta_zero, c.numel)
+
+
+@register("paper", "NSS ‖σ(W1)−σ(W0)‖/‖σ(W0)‖", ".3e", headline=True)
+def normalized_spectrum_shift(c: PaperCounts) -> float | None:
+    """sqrt(Σ ‖σ(W1) − σ(W0)‖² / Σ ‖σ(W0)‖²) over all singular values (pooled over a group's matrices)."""
+    return None if not c.spectrum_base_sq else math.sqrt(c.spectrum_shift_sq / c.spectrum_base_sq)
+
+
+@register("paper", "matrix_rank(Δ)/min(m,n)", headline=True)
+def update_rank_ratio(c: PaperCounts) -> float | None:
+    """Σ matrix_rank(Δ) / Σ min(m, n) over the group's matrices (one matrix: its rank ratio)."""
+    return _ratio(c.delta_rank, c.rank_capacity)
+
+
+@register("paper", "update ∩ M_princ∩M_low^c share")
+def principal_not_low_overlap(c: PaperCounts) -> float | None:
+    """|U ∩ M_princ ∩ M_low^c| / |U|, U the bitwise update mask; None without updates."""
+    return _ratio(c.updated_in_mask, c.updated)
+
+
+@register("paper", "M_princ∩M_low^c chance")
+def principal_not_low_chance(c: PaperCounts) -> float | None:
+    """|M_princ ∩ M_low^c| / n over the group's matrices: the overlap an update placed at random would have."""
+    return _ratio(c.mask_size, c.matrix_numel)
+
+
+@register("paper", "overlap / chance (M_princ∩M_low^c)", ".2f", headline=True)
+def principal_not_low_over_chance(c: PaperCounts) -> float | None:
+    """principal_not_low_overlap / principal_not_low_chance; None when either is undefined or chance is 0."""
+    overlap, chance = principal_not_low_overlap(c), principal_not_low_chance(c)
+    return None if overlap is None or not chance else overlap / chance
 
 
 # --- probe metrics ---------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 MODULE_KINDS: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down", "embed", "lm_head", "norm", "other")
+# The attention and MLP projections: the 2-D weights sparse fine-tuning and LoRA target by default.
+LINEAR_KINDS: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 # First match wins; patterns are tried against the dotted name components.
@@ -34,3 +36,8 @@ def module_kind(name: str) -> str:
         if pattern.search(name):
             return kind
     return "other"
+
+
+def is_projection_weight(name: str, shape: tuple[int, ...]) -> bool:
+    """A 2-D weight of one of LINEAR_KINDS (q, k, v, o, gate, up, down)."""
+    return len(shape) == 2 and module_kind(name) in LINEAR_KINDS

@@ -50,8 +50,8 @@ def write_h5(result: DiffResult, path: str | Path) -> None:
                     group.create_dataset(side, data=np.array(getattr(record.geometry, f"singular_values_{side}")))
         masks = f.create_group("masks")
         for record in result.records:
-            if record.name in result.masks:
-                ds = masks.create_dataset(record.name, data=result.masks[record.name], compression="gzip")
+            if record.name in result.packed_masks:
+                ds = masks.create_dataset(record.name, data=result.packed_masks[record.name], compression="gzip")
                 ds.attrs["shape"] = list(record.shape)
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from functools import reduce
 from pathlib import Path
 
+import torch
+
 from dynamics.documents import DIFF_SCHEMA, check_schema, read_json_document
 from dynamics.element_stats import ABS_TOLERANCES, REL_TOLERANCES, ElementStats, ulp_bucket_labels
+from dynamics.errors import MaskError
 from dynamics.geometry import GeometryStats
+from dynamics.masks import unpack_mask
 from dynamics.metrics import derived_metrics, matrix_metrics
 from dynamics.naming import MODULE_KINDS
 from dynamics.pairing import Unpaired
@@ -110,8 +115,8 @@ class DiffResult:
     """Everything `dynamics diff` computed; the CLI serialises exactly this object.
 
     Aggregates are recomputed from `records`, so they never disagree with the rows.
-    `masks` holds bit-packed update masks (numpy uint8, `np.packbits` of the row-major
-    changed flags) per tensor name, only when asked for.
+    `packed_masks` holds bit-packed update masks (numpy uint8, `np.packbits` of the row-major
+    changed flags) per tensor name, only when asked for; `mask(name)` / `masks()` unpack them.
     """
 
     a: CheckpointSide
@@ -121,7 +126,7 @@ class DiffResult:
     device: str
     seconds: float
     bytes_read: int
-    masks: dict = field(default_factory=dict)
+    packed_masks: dict = field(default_factory=dict)
     geometry_skipped: list[dict] = field(default_factory=list)
 
     @staticmethod
@@ -139,6 +144,31 @@ class DiffResult:
     def read_json(path: str | Path) -> DiffResult:
         """`from_json` of the file `dynamics diff --json` wrote; a bad file is one DynamicsError naming it."""
         return DiffResult.from_json(read_json_document(path, DIFF_SCHEMA))
+
+    def mask(self, name: str, tolerance: float | None = None) -> torch.Tensor:
+        """Bool tensor shaped like weight `name`, True where the run changed it.
+
+        `tolerance=None`: stored bits differ, unpacked from `packed_masks` (MaskError unless the diff
+        kept masks: `diff(..., save_masks=True)`). `tolerance=τ`: |Δ| > τ, which needs the tensors: both
+        are read again from the diffed paths (`dynamics.update_masks.changed_masks`).
+        """
+        if tolerance is not None:
+            from dynamics.update_masks import changed_masks
+
+            return next(iter(changed_masks(self.a.path, self.b.path, tolerance, names=[name])))[1]
+        record = next((r for r in self.records if r.name == name), None)
+        if record is None:
+            raise MaskError(f"{self.b.path}: no tensor {name} in this diff")
+        if name not in self.packed_masks:
+            raise MaskError(f"{self.b.path}: tensor {name}: no update mask kept (diff with save_masks=True)")
+        return torch.from_numpy(unpack_mask(self.packed_masks[name], record.shape))
+
+    def masks(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, `mask(name)`) for every tensor whose bitwise mask was kept, in record order; one
+        unpacked mask alive at a time if the caller does not keep them."""
+        for record in self.records:
+            if record.name in self.packed_masks:
+                yield record.name, self.mask(record.name)
 
     def has_geometry(self) -> bool:
         return any(r.geometry is not None for r in self.records)

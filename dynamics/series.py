@@ -27,6 +27,7 @@ from dynamics.documents import (
     DIFF_SCHEMA,
     KL_SCHEMA,
     SERIES_SCHEMA,
+    check_schema,
     read_json_document,
     write_json_document,
 )
@@ -70,6 +71,19 @@ class Series:
         return {"schema": SERIES_SCHEMA, "run_dir": self.run_dir, "base": self.base, "run": self.run,
                 "options": self.options, "kl_source": self.kl_source,
                 "steps": [asdict(s) for s in self.steps]}
+
+    @staticmethod
+    def from_json(doc: dict, out_dir: str | Path = "") -> Series:
+        """The series a `dynamics.series/1` document holds (`out_dir` and the counts are not part of it)."""
+        check_schema(doc, SERIES_SCHEMA)
+        return Series(run_dir=doc["run_dir"], base=doc["base"], run=doc["run"], options=doc["options"],
+                      kl_source=doc["kl_source"], steps=[SeriesStep(**step) for step in doc["steps"]],
+                      out_dir=str(out_dir), diffs_computed=0, diffs_cached=0)
+
+    @staticmethod
+    def read_json(path: str | Path) -> Series:
+        """`from_json` of a `series.json`, its folder as `out_dir`; a bad file is one error naming it."""
+        return Series.from_json(read_json_document(path, SERIES_SCHEMA, SeriesError), Path(path).parent)
 
 
 def cache_key(a: Path, b: Path, geometry: GeometryOptions | None, *, component: str | None = None,

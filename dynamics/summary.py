@@ -90,8 +90,8 @@ def _geometry_lines(result: DiffResult) -> list[str]:
     groups = {kind: g for kind, g in groups.items() if g is not None}
     if not groups and not result.geometry_skipped:
         return []
-    lines = ["", "Update geometry (ρ_k = share of ‖Δ‖² in W0's top-k block; registered matrix metrics "
-                 "Δ-weighted, the rest means over matrices):"]
+    lines = ["", ("Update geometry (ρ_k = share of ‖Δ‖² in W0's top-k block; registered matrix metrics "
+                  "Δ-weighted, the rest means over matrices):")]
     matrix = metrics_needing("matrix")
     rows = []
     for kind, g in groups.items():

@@ -1,9 +1,12 @@
 """Behavior probe: response features aggregated per (run, step, seed), and shifts between steps with CIs.
 
 Per response (probes.features): correct (only where a reference answer exists), code reasoning, any reasoning
-keyword, non-empty \\boxed{} (format), length. Per group: the per-prompt means of those (responses to one
-prompt averaged), then their mean over prompts with a 95% bootstrap CI over prompts:
-    accuracy, code_rate, keyword_rate, format_rate, length.
+keyword, non-empty \\boxed{} (format), length; beside them the papers' definitions: Rethink_RLVR's "python"
+flag and boxed-extractable format flag, the Noisy Rewards RPR score. Per group: the per-prompt means of those
+(responses to one prompt averaged), then their mean over prompts with a 95% bootstrap CI over prompts:
+    accuracy, code_rate, keyword_rate, format_rate, length,
+    code_rate_rethink_rlvr, format_rate_rethink_rlvr, rpr_noisy_rewards.
+Our code rule and Rethink_RLVR's flag are also compared response by response (`code_flag_agreement`).
 Shifts, per (run, seed): every step against the run's first step, mean(after) − mean(before) over prompts,
 paired on prompt_id when both steps saw the same prompts (bootstrap of per-prompt differences + sign-flip
 permutation p), unpaired otherwise (p = None). Across seeds: mean, std and Student-t interval of the per-seed
@@ -15,7 +18,7 @@ shifts (`seed_shifts`).
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -26,9 +29,12 @@ from dynamics.errors import DynamicsError
 from probes.features import (
     REASONING_KEYWORDS,
     VERIFIER,
+    boxed_answer_extractable,
     has_boxed_answer,
     is_correct,
     keyword_hits,
+    mentions_python,
+    reasoning_pattern_reward,
     response_length,
     uses_code_reasoning,
 )
@@ -41,7 +47,9 @@ from probes.statistics import (
     unpaired_difference_ci,
 )
 
-METRICS = ("accuracy", "code_rate", "keyword_rate", "format_rate", "length")
+OUR_METRICS = ("accuracy", "code_rate", "keyword_rate", "format_rate", "length")
+PAPER_METRICS = ("code_rate_rethink_rlvr", "format_rate_rethink_rlvr", "rpr_noisy_rewards")  # REFERENCES.md
+METRICS = OUR_METRICS + PAPER_METRICS
 SMALL_BENCHMARK_PROMPTS = 100  # below this, a few points of difference is within seed-to-seed noise
 
 
@@ -95,6 +103,31 @@ class SeedShift:
 
 
 @dataclass(frozen=True)
+class FlagAgreement:
+    """Two yes/no rules on the same responses: the count in each cell of their 2×2 table."""
+
+    both: int
+    ours_only: int
+    theirs_only: int
+    neither: int
+
+    @property
+    def responses(self) -> int:
+        return self.both + self.ours_only + self.theirs_only + self.neither
+
+    @property
+    def rate(self) -> float | None:
+        """(both + neither) / responses; None without responses."""
+        return (self.both + self.neither) / self.responses if self.responses else None
+
+    @staticmethod
+    def count(pairs: Sequence[tuple[bool, bool]]) -> FlagAgreement:
+        """The table of (ours, theirs) pairs."""
+        cells = Counter(pairs)
+        return FlagAgreement(cells[True, True], cells[True, False], cells[False, True], cells[False, False])
+
+
+@dataclass(frozen=True)
 class BehaviorResult:
     verifier: str
     length_unit: str
@@ -102,23 +135,30 @@ class BehaviorResult:
     groups: tuple[GroupSummary, ...]
     shifts: tuple[Shift, ...]
     seed_shifts: tuple[SeedShift, ...]
+    code_flag_agreement: FlagAgreement  # our code rule (ours) vs Rethink_RLVR's "python" flag (theirs)
 
     def to_json(self) -> dict:
         """The `dynamics.behavior/1` document."""
+        agreement = {**asdict(self.code_flag_agreement), "rate": self.code_flag_agreement.rate}
         return finite_json({"schema": BEHAVIOR_SCHEMA, "verifier": self.verifier, "length_unit": self.length_unit,
                             "keywords": list(self.keywords), "metrics": list(METRICS),
                             "groups": [asdict(g) for g in self.groups], "shifts": [asdict(s) for s in self.shifts],
-                            "seed_shifts": [asdict(s) for s in self.seed_shifts]})
+                            "seed_shifts": [asdict(s) for s in self.seed_shifts],
+                            "code_flag_agreement": agreement})
 
 
 def response_features(g: Generation, keywords: tuple[str, ...], tokenizer=None) -> dict[str, float | None]:
-    """One response's features as numbers (booleans as 0/1); accuracy is None without a reference answer."""
+    """One response's features as numbers (booleans as 0/1); accuracy is None without a reference answer.
+    `keywords` replaces our keyword list only; RPR keeps the paper's phrases."""
     return {
         "accuracy": None if g.answer is None else float(is_correct(g.response, g.answer)),
         "code_rate": float(uses_code_reasoning(g.response)),
         "keyword_rate": float(any(keyword_hits(g.response, keywords).values())),
         "format_rate": float(has_boxed_answer(g.response)),
         "length": float(response_length(g.response, tokenizer)),
+        "code_rate_rethink_rlvr": float(mentions_python(g.response)),
+        "format_rate_rethink_rlvr": float(boxed_answer_extractable(g.response)),
+        "rpr_noisy_rewards": reasoning_pattern_reward(g.response),
     }
 
 
@@ -195,5 +235,7 @@ def behavior_probe(generations: Sequence[Generation], tokenizer=None, keywords: 
         SeedShift(run, reward[run], a, b, m, len(d), float(np.mean(d)),
                   float(np.std(d, ddof=1)) if len(d) > 1 else None, seed_interval(np.array(d)))
         for (run, a, b, m), d in sorted(per_seed.items()))
+    agreement = FlagAgreement.count([(bool(f["code_rate"]), bool(f["code_rate_rethink_rlvr"]))
+                                     for r in rows.values() for _, f in r])
     return BehaviorResult(VERIFIER, "tokens" if tokenizer is not None else "words", keywords, groups,
-                          tuple(shifts), seed_shifts)
+                          tuple(shifts), seed_shifts, agreement)

@@ -25,7 +25,7 @@ from dynamics.api import open_pair
 from dynamics.devices import resolve_device
 from dynamics.documents import FISHER_SCHEMA, check_schema, finite_json, read_json_document
 from dynamics.naming import layer_index
-from probes.models import ProbeError, format_for_model, load_model, load_tokenizer
+from probes.models import ProbeError, format_for_model, load_model, probe_tokenizer
 from probes.sampling import Batch, generate, token_log_probs
 
 Q_PERCENT = (1, 5, 10)
@@ -146,10 +146,12 @@ def fisher_alignment(base: str | Path, tuned: str | Path, prompts: list, *, samp
     """Empirical Fisher of `base` on its own samples, then the alignment of Δ = tuned − base (module doc).
 
     Δ is read from the checkpoints through `dynamics.api.open_pair`, the diff's own road: any format the
-    diff opens, a PEFT adapter merged onto `base`, names normalised and paired."""
+    diff opens, a PEFT adapter merged onto `base` (never onto its config's base), names normalised and paired.
+    The tokenizer is `base`'s, checked once against its tokenizer.json (`probes.models.probe_tokenizer`)."""
     target = resolve_device(device)
-    tokenizer = load_tokenizer(base)
-    model = load_model(base, target, float32=True)  # float32 gradients: squares of bf16 ones lose the tail
+    tokenizer = probe_tokenizer(base, None, [p.prompt for p in prompts], chat_template)
+    # float32 gradients: squares of bf16 ones lose the tail
+    model = load_model(base, target, float32=True, progress=progress)
     ckpt_base, ckpt_tuned, pairs, _ = open_pair(base, tuned)
     paired = {pair.name: pair for pair in pairs}
     selected = {name: p for name, p in model.named_parameters()

@@ -31,9 +31,10 @@ class Batch:
         return self.input_ids[:, self.prompt_length:]
 
 
-def autocast(device: torch.device) -> torch.autocast | nullcontext:
-    """bf16 autocast on CUDA (fp32 master weights, bf16 matmuls); plain fp32 on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+def autocast(device: torch.device, bf16: bool | None = None) -> torch.autocast | nullcontext:
+    """bf16 autocast (fp32 master weights, bf16 matmuls) when `bf16`, by default on CUDA only; else plain fp32."""
+    on = device.type == "cuda" if bf16 is None else bf16
+    return torch.autocast(device.type, dtype=torch.bfloat16) if on else nullcontext()
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerFast, prompts: list[str], device: torch.device) -> dict:
@@ -50,8 +51,9 @@ def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor
 
 @torch.no_grad()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: list[str], max_new_tokens: int,
-             sample: bool, temperature: float = 1.0) -> Batch:
-    """One response per prompt: greedy (`sample=False`) or sampled at `temperature` with no top-k/top-p cut.
+             sample: bool, temperature: float = 1.0, bf16: bool | None = None) -> Batch:
+    """One response per prompt: greedy (`sample=False`) or sampled at `temperature` with no top-k/top-p cut;
+    `bf16` as in `autocast` (default: bf16 autocast on CUDA).
 
     Sampling draws from torch's global generator: seed it for reproducible runs.
     """
@@ -62,7 +64,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     was_training = model.training
     model.eval()
-    with autocast(device):
+    with autocast(device, bf16):
         output = model.generate(**encoded, generation_config=config)
     model.train(was_training)
     prompt_length = encoded["input_ids"].shape[1]

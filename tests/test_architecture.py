@@ -111,10 +111,10 @@ def test_per_kind_principal_ratio_is_one_number_in_terminal_json_and_three_gate(
             num = sum(r.geometry.principal_energy * r.stats.sum_sq_delta for r in matrices)
             den = sum(r.geometry.principal_energy_baseline * r.stats.sum_sq_delta for r in matrices)
             weighted[kind] = num / den
-    assert set(weighted) == {"q_proj", "up_proj"}
+    assert set(weighted) == {"q", "up"}
     for kind, value in weighted.items():
         assert by_kind[kind]["principal_energy_ratio"] == pytest.approx(value, rel=1e-12)
-    terminal = format_summary(result)
+    terminal = format_summary(result).split("Update geometry")[1]
     for kind, value in weighted.items():
         line = next(line for line in terminal.splitlines() if line.startswith(kind + " "))
         assert f"{value:.2f}" in line.split()

@@ -1,8 +1,8 @@
 import json
 
-import dynamics.demo
 from lab_fixture import micro_lab_config
 
+import dynamics.demo
 from dynamics.cli import main
 
 

@@ -10,10 +10,9 @@ from dynamics.geometry import (
     RANK_ENERGY_RANKS,
     geometry_stats,
     geometry_stats_batched,
-    randomized_singular_values,
-    randomized_svd,
     skip_reason,
 )
+from dynamics.svd import randomized_singular_values, randomized_svd
 
 
 def _orthonormal(rows: int, cols: int, seed: int) -> torch.Tensor:

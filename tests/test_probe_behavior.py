@@ -6,7 +6,7 @@ import pytest
 
 from dynamics.cli import main
 from dynamics.cli.probe import format_behavior
-from probes.behavior import behavior_probe
+from probes.behavior import METRICS, behavior_probe
 from probes.generations import Generation, write_generations
 
 CODE_RIGHT = "```python\nx = 2 + 3\nprint(x)\n```\nThe answer is \\boxed{5}."
@@ -42,6 +42,30 @@ def test_group_means_by_hand(generations):
     assert g0.values["keyword_rate"].mean == 0.5   # "Let me", "First, I need to"/"Finally"
     lo, hi = g0.values["accuracy"].ci95
     assert 0.0 <= lo <= 0.5 <= hi <= 1.0
+
+
+def test_paper_definitions_by_hand(generations):
+    g0 = _group(behavior_probe(generations, bootstrap=200, permutations=100), 0, 1)
+    assert g0.values["code_rate_rethink_rlvr"].mean == 0.25    # "python" only in CODE_RIGHT
+    assert g0.values["format_rate_rethink_rlvr"].mean == 0.75  # all but UNBOXED_WRONG
+    # RPR: WORDS_WRONG "let me see" 1/20; WORDS_RIGHT "i need to", "first, ", "finally, " 3/20; others 0.
+    assert g0.values["rpr_noisy_rewards"].mean == pytest.approx((0.05 + 0.15) / 4)
+
+
+def test_code_flag_agreement_is_counted_and_printed():
+    prose, untagged = "In Python one would loop. \\boxed{5}", "x = 2 + 3\nprint(x)\n\\boxed{5}"
+    result = behavior_probe(_gens("r", "none", 0, 0, [CODE_RIGHT, prose, untagged, WORDS_RIGHT]), bootstrap=50)
+    agreement = result.code_flag_agreement
+    assert (agreement.both, agreement.ours_only, agreement.theirs_only, agreement.neither) == (1, 1, 1, 1)
+    assert agreement.rate == 0.5 and result.to_json()["code_flag_agreement"]["rate"] == 0.5
+    assert "agree on 50.0% of 4 responses" in format_behavior(result)
+
+
+def test_keywords_override_ours_but_not_rpr(generations):
+    default = _group(behavior_probe(generations, bootstrap=50, permutations=50), 0, 1)
+    custom = _group(behavior_probe(generations, keywords=("answer is",), bootstrap=50, permutations=50), 0, 1)
+    assert default.values["keyword_rate"].mean == 0.5 and custom.values["keyword_rate"].mean == 0.75
+    assert custom.values["rpr_noisy_rewards"].mean == default.values["rpr_noisy_rewards"].mean
 
 
 def test_paired_shift_by_hand(generations):
@@ -91,7 +115,7 @@ def test_cli_writes_the_document(tmp_path, generations, capsys):
     doc = json.loads(out.read_text())
     assert doc["schema"] == "dynamics.behavior/1" and doc["keywords"] == ["Let me", "Finally"]
     assert {"run", "seed", "from_step", "to_step", "metric", "delta", "ci95", "p_value"} <= set(doc["shifts"][0])
-    assert len(doc["groups"]) == 4 and len(doc["seed_shifts"]) == 5
+    assert len(doc["groups"]) == 4 and len(doc["seed_shifts"]) == len(METRICS)
 
 
 def test_cli_reports_a_malformed_line(tmp_path, capsys):

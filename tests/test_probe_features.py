@@ -6,11 +6,17 @@ import pytest
 
 from probes.features import (
     REASONING_KEYWORDS,
+    RPR_PHRASES,
     answers_match,
+    boxed_answer_extractable,
+    extract_boxed_answer,
     final_answer,
     has_boxed_answer,
     is_correct,
     keyword_hits,
+    mentions_python,
+    ngram_repetition_ratio,
+    reasoning_pattern_reward,
     response_length,
     uses_code_reasoning,
 )
@@ -104,3 +110,76 @@ def test_length_in_words_or_tokens():
             return {"input_ids": list(text)}
 
     assert response_length("abc", CharTokenizer()) == 3
+
+
+# The papers' definitions (../shared/REFERENCES.md) ------------------------------------------------------------
+
+@pytest.mark.parametrize("response", ["I will check this with Python.", "```python\nprint(3)\n```", "PYTHON: 3"])
+def test_rethink_rlvr_code_flag_positive(response):
+    assert mentions_python(response)
+
+
+@pytest.mark.parametrize("response", ["apples = 7\napples += 5\nprint(apples)", "```py\nprint(1)\n```", "Let me add."])
+def test_rethink_rlvr_code_flag_negative(response):
+    assert not mentions_python(response)
+
+
+def test_the_two_code_rules_disagree_where_their_definitions_differ():
+    prose_about_python = "The for loop in Python is used for iteration, as in many languages."
+    untagged_code = "apples = 7\napples += 5\nprint(apples)"
+    assert mentions_python(prose_about_python) and not uses_code_reasoning(prose_about_python)
+    assert uses_code_reasoning(untagged_code) and not mentions_python(untagged_code)
+
+
+@pytest.mark.parametrize("response, answer", [
+    ("so \\boxed{\\frac{1}{2}} it is", "\\frac{1}{2}"),
+    ("\\boxed{1} then \\boxed{2}", "2"),
+    ("\\boxed{}", ""),
+    ("the answer is $\\boxed 5$.", "5"),
+])
+def test_boxed_answer_extraction_positive(response, answer):
+    assert extract_boxed_answer(response) == answer and boxed_answer_extractable(response)
+
+
+@pytest.mark.parametrize("response", ["\\boxed{12", "no box here, 12", "\\boxed{1} and then \\boxed", "\\fbox{3}"])
+def test_boxed_answer_extraction_negative(response):
+    assert extract_boxed_answer(response) is None and not boxed_answer_extractable(response)
+
+
+def test_empty_box_is_extractable_for_rethink_rlvr_but_not_our_format():
+    assert boxed_answer_extractable("\\boxed{}") and not has_boxed_answer("\\boxed{}")
+
+
+def test_rpr_has_the_papers_forty_phrases():
+    assert len(RPR_PHRASES) == len(set(RPR_PHRASES)) == 40
+
+
+def test_rpr_counts_phrase_presence_over_twenty():
+    # "wait", "let me check", "first, ", "we need to", "thus": 5 / 20; repeated phrases count once.
+    response = "Wait, let me check. First, we need to add; thus, wait, thus \\boxed{7}"
+    assert reasoning_pattern_reward(response) == pytest.approx(5 / 20)
+
+
+def test_rpr_is_capped_at_one():
+    response = " ".join(RPR_PHRASES) + " \\boxed{1}"
+    assert ngram_repetition_ratio(response.lower()) == 0.0
+    assert reasoning_pattern_reward(response) == 1.0
+
+
+def test_rpr_subtracts_the_twenty_gram_repetition_ratio():
+    # 40 × "wait" + the box: 41 words, 22 20-grams, of which one distinct 20-gram repeats → 1/22.
+    response = "wait " * 40 + "\\boxed{1}"
+    assert ngram_repetition_ratio(response, 20) == pytest.approx(1 / 22)
+    assert reasoning_pattern_reward(response) == pytest.approx(1 / 20 - 1 / 22)
+    assert ngram_repetition_ratio("too few words", 20) == 0.0
+
+
+def test_rpr_is_zero_without_a_boxed_answer_or_with_a_self_posed_question():
+    assert reasoning_pattern_reward("Wait, let me check. First, we need to add; thus 7") == 0.0
+    assert reasoning_pattern_reward("Wait, let me check. Thus \\boxed{}") == 0.0  # nothing extracted
+    assert reasoning_pattern_reward("Wait, thus \\boxed{2}. User: what is 3 + 3?") == 0.0
+
+
+def test_rpr_reads_only_the_text_after_the_think_tag():
+    assert reasoning_pattern_reward("Wait, thus. Assistant: <think> the sum is \\boxed{3}") == 0.0
+    assert reasoning_pattern_reward("Assistant: <think> Wait, the sum is \\boxed{3}") == pytest.approx(1 / 20)

@@ -1,14 +1,17 @@
-"""KL drift: analytic KL on constant-logit models, exact zero for identical models, padding invariance."""
+"""KL drift: analytic KL on constant-logit models, exact zero for identical models, padding invariance, a
+float64 reference at RLVR scale (~1e-8 nats/token), provenance."""
 
+import copy
 import json
 
 import h5py
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dynamics.cli import main
-from probes.kl import batch_token_kl, kl_drift, responses_batch, token_kl
+from probes.kl import KLResult, batch_token_kl, kl_drift, responses_batch, token_kl
 from probes.models import Prompt, load_model, load_tokenizer
 from tests.tiny_lm import constant_logits_lm, save_tiny_lm
 
@@ -22,6 +25,84 @@ def test_token_kl_by_hand():
     forward, reverse = token_kl(p, q)
     assert forward.item() == pytest.approx(0.5 * np.log(2) + 0.5 * np.log(2 / 3), rel=1e-6)
     assert reverse.item() == pytest.approx(0.25 * np.log(0.5) + 0.75 * np.log(1.5), rel=1e-6)
+    assert forward.dtype == torch.float64
+
+
+def test_token_kl_of_nearly_equal_logits_is_half_the_variance_of_the_difference():
+    # For small δ = z_T − z_B: KL(π_T‖π_B) = ½·Var_{π_T}(δ) + O(|δ|³); here |δ| ~ 1e-5, KL ~ 5e-11.
+    generator = torch.Generator().manual_seed(0)
+    base = 3 * torch.randn(64, 5000, generator=generator)
+    tuned = (base + 1e-5 * torch.randn(64, 5000, generator=generator)).float()
+    forward, reverse = token_kl(tuned, base.float())
+    delta = tuned.double() - base.float().double()
+    p_t = torch.softmax(tuned.double(), -1)
+    half_variance = 0.5 * ((p_t * delta**2).sum(-1) - (p_t * delta).sum(-1) ** 2)
+    torch.testing.assert_close(forward, half_variance, rtol=1e-3, atol=0)
+    torch.testing.assert_close(reverse, half_variance, rtol=1e-3, atol=0)
+    assert forward.min() > 0 and torch.all(token_kl(base, base)[0] == 0)
+
+
+def _perturbed_pair(root, dtype: torch.dtype, scale: float):
+    """A tiny base and the same model with every weight moved by scale·mean|w|·N(0, 1), both stored in `dtype`."""
+    save_tiny_lm(root / "seed", seed=1)
+    base = load_model(root / "seed", torch.device("cpu"))
+    tuned = copy.deepcopy(base)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(scale * p.abs().mean() * torch.randn(p.shape, generator=generator))
+    return save_tiny_lm(root / "base", model=base.to(dtype)), save_tiny_lm(root / "tuned", model=tuned.to(dtype))
+
+
+def _float64_reference_kl(base, tuned, pairs) -> np.ndarray:
+    """KL(π_T‖π_B) per response token from float64 models and float64 log-softmaxes (independent of probes.kl)."""
+    tokenizer = load_tokenizer(tuned)
+    batch = responses_batch(tokenizer, [p for p, _ in pairs], [r for _, r in pairs], torch.device("cpu"))
+    positions = (batch.attention_mask.cumsum(1) - 1).clamp(min=0)
+
+    def log_probs(folder):
+        model = load_model(folder, torch.device("cpu")).double()
+        with torch.no_grad():
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions,
+                           use_cache=False).logits
+        return F.log_softmax(logits[:, batch.prompt_length - 1:-1], -1)
+
+    log_t, log_b = log_probs(tuned), log_probs(base)
+    return (log_t.exp() * (log_t - log_b)).sum(-1)[batch.response_mask.bool()].numpy()
+
+
+RLVR_PAIRS = [("Question: what is 2 + 3?\nAnswer:\n", "5 apples, so \\boxed{5}"),
+              ("Q", "First, I need to add. Finally, the answer is \\boxed{9}."), ("Question: 7?", "print(7 - 4)")]
+
+
+@pytest.mark.parametrize("dtype, scale", [(torch.float32, 8e-4), (torch.bfloat16, 1.5e-4)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_kl_at_rlvr_scale_matches_a_float64_reference(tmp_path, dtype, scale, device):
+    base, tuned = _perturbed_pair(tmp_path, dtype, scale)
+    result = kl_drift(base, tuned, responses=RLVR_PAIRS, chat_template=False, device=device)
+    reference = _float64_reference_kl(base, tuned, RLVR_PAIRS)
+    assert 2e-9 < reference.mean() < 5e-8  # the RLVR regime: ~1e-8 nats/token
+    assert result.kl_mean_per_token == pytest.approx(reference.mean(), rel=1e-2)
+    np.testing.assert_allclose(result.per_token.forward, reference, rtol=1e-2)
+    assert result.per_token.forward.min() >= -3e-14  # token_kl's rounding bound: never negative beyond it
+    assert result.sampling["forward"] == "float32"
+
+
+def test_bf16_forward_is_an_explicit_labelled_option(tmp_path):
+    base, tuned = save_tiny_lm(tmp_path / "b", seed=1), save_tiny_lm(tmp_path / "t", seed=2)
+    result = kl_drift(base, tuned, responses=RLVR_PAIRS[:1], chat_template=False, bf16_forward=True, device="cpu")
+    assert result.sampling["forward"] == "bf16-autocast" and result.kl_mean_per_token > 0
+
+
+def test_provenance_says_on_policy_only_when_the_file_says_so(constant_pair):
+    base, tuned, _ = constant_pair
+    sampled = kl_drift(base, tuned, PROMPTS[:1], samples_per_prompt=1, max_new_tokens=3, device="cpu")
+    scored = kl_drift(base, tuned, responses=RLVR_PAIRS[:1], chat_template=False, device="cpu")
+    assert sampled.on_policy and sampled.provenance().startswith("on-policy")
+    assert not scored.on_policy and scored.provenance().startswith("off-policy")
+    assert "on-policy" not in scored.provenance()
+    assert KLResult.from_json(scored.to_json()).provenance() == scored.provenance()
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +194,6 @@ def test_gpu_scores_match_the_cpu(tmp_path, constant_pair):
     cpu = kl_drift(base, tuned, responses=pairs, device="cpu", chat_template=False)
     gpu = kl_drift(base, tuned, responses=pairs, device="cuda", chat_template=False)
     np.testing.assert_array_equal(cpu.per_token.token_id, gpu.per_token.token_id)
-    # CUDA runs the forward under bf16 autocast: logits carry bf16 rounding, the KL ~1% of its value.
-    np.testing.assert_allclose(gpu.per_token.forward, forward, rtol=3e-2)
-    assert gpu.kl_reverse_mean_per_token == pytest.approx(reverse, rel=3e-2)
+    # Scoring runs in float32 on CUDA too (no autocast, no TF32): the analytic KL to float32 rounding.
+    np.testing.assert_allclose(gpu.per_token.forward, forward, rtol=1e-5)
+    assert gpu.kl_reverse_mean_per_token == pytest.approx(reverse, rel=1e-5)

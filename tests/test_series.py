@@ -15,7 +15,7 @@ from dynamics.cli import main
 from dynamics.documents import SERIES_SCHEMA as SCHEMA
 from dynamics.geometry_options import GeometryOptions
 from dynamics.runs import SeriesError, find_step_checkpoints
-from dynamics.series import model_metrics, series
+from dynamics.series import Series, model_metrics, series
 from reports.series import render_series_report
 from tests.checkpoint_factory import write_safetensors
 
@@ -195,7 +195,7 @@ def test_series_report_renders_every_section_or_says_what_to_run(run_dir, tmp_pa
     _write_kl(run_dir / "series" / "kl" / "step_3.json", 0.03, 0.2)
     full = series(run_dir, geometry=GeometryOptions(k=4))
     out = tmp_path / "full"
-    html_path = render_series_report(run_dir / "series" / "series.json", out)
+    html_path = render_series_report(Series.read_json(run_dir / "series" / "series.json"), out)
     html = html_path.read_text()
     assert "Missing input" not in html and "No KL for step 2: for each, run" in html
     figures = sorted(p.stem for p in (out / "figures").glob("series-*.png"))

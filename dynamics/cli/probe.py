@@ -15,12 +15,15 @@ def add_parser(sub: Subparsers) -> None:
 
     p = probes.add_parser("kl", parents=[common], help="on-policy token-level KL(pi_tuned || pi_base) over the full vocabulary")
     p.add_argument("base", help="base model folder (HF, local)")
-    p.add_argument("tuned", help="tuned model folder (HF, local)")
+    p.add_argument("tuned", help="tuned model folder (HF, local), or a PEFT adapter folder applied to BASE")
     p.add_argument("--prompts", type=Path, help="prompts jsonl (a 'prompt' field per line)")
     p.add_argument("--responses", type=Path, help="score these responses (jsonl: prompt, response) instead of sampling")
     p.add_argument("--samples-per-prompt", type=int, default=4)
     _add_sampling(p, max_new_tokens=256)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--bf16-forward", action="store_true",
+                   help="sample and score under bf16 autocast (faster; its rounding swamps KLs below ~1e-4 nats; "
+                        "recorded in the result). Default: float32 forward, KL from the logit difference in float64")
     p.add_argument("--json", type=Path, help="write the dynamics.kl/1 document here")
     p.add_argument("--h5", type=Path, help="write the per-token KL distribution here (HDF5)")
     p.set_defaults(run=run_kl)
@@ -46,7 +49,8 @@ def add_parser(sub: Subparsers) -> None:
     p.set_defaults(run=run_behavior)
 
     p = probes.add_parser("generate", parents=[common], help="write generations jsonl for the behavior probe")
-    p.add_argument("model", help="model folder (HF, local)")
+    p.add_argument("model", help="model folder (HF, local), or a PEFT adapter folder (then --base)")
+    p.add_argument("--base", help="base model folder MODEL applies to, when MODEL is a PEFT adapter")
     p.add_argument("--prompts", type=Path, required=True, help="prompts jsonl: prompt, optional answer, prompt_id")
     p.add_argument("--out", type=Path, required=True, help="generations jsonl to write")
     p.add_argument("--samples-per-prompt", type=int, default=0, help="sampled responses per prompt (besides greedy)")
@@ -78,7 +82,8 @@ def run_kl(args: argparse.Namespace) -> None:
     result = kl_drift(args.base, args.tuned, read_prompts(args.prompts) if args.prompts else None, responses,
                       samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
                       temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
-                      chat_template=not args.no_chat_template, device=args.device, progress=not args.quiet)
+                      chat_template=not args.no_chat_template, bf16_forward=args.bf16_forward, device=args.device,
+                      progress=not args.quiet)
     print(format_kl(result))
     if args.json:
         write_json_document(result.to_json(), args.json)
@@ -90,8 +95,9 @@ def run_kl(args: argparse.Namespace) -> None:
 
 def format_kl(result) -> str:
     """The KL result as terminal lines."""
+    forward = result.sampling.get("forward", "float32")
     lines = [f"KL drift of {result.tuned} from {result.base}",
-             f"  {result.sequences} sequences, {result.tokens} response tokens",
+             f"  {result.sequences} sequences, {result.tokens} response tokens ({result.provenance()}; {forward} forward)",
              (f"  KL(tuned || base) per token: mean {result.kl_mean_per_token:.4g}, "
               f"median {result.kl_median_per_token:.4g}, p95 {result.kl_p95_per_token:.4g}"),
              f"  KL(base || tuned) per token: mean {result.kl_reverse_mean_per_token:.4g}",
@@ -155,27 +161,33 @@ def _fmt(value: float, metric: str) -> str:
 
 def format_behavior(result) -> str:
     """Groups and shifts as text tables; every estimate is printed with its 95% CI, never bare."""
-    from probes.behavior import METRICS, SMALL_BENCHMARK_PROMPTS
+    from probes.behavior import OUR_METRICS, PAPER_METRICS, SMALL_BENCHMARK_PROMPTS
 
-    lines = [f"Behavior ({result.verifier}; length in {result.length_unit}); mean [95% CI over prompts]", ""]
-    header = f"{'run':<18}{'step':>6}{'seed':>5}{'prompts':>8}  " + "  ".join(f"{m:<22}" for m in METRICS)
-    lines += [header, "-" * len(header)]
-    for g in result.groups:
-        cells = [f"{_fmt(e.mean, m)} [{_fmt(e.ci95[0], m)}, {_fmt(e.ci95[1], m)}]" if e else "n/a"
-                 for m, e in g.values.items()]
-        lines.append(f"{g.run:<18}{g.step:>6}{g.seed:>5}{g.n_prompts:>8}  " + "  ".join(f"{c:<22}" for c in cells))
+    lines = [f"Behavior ({result.verifier}; length in {result.length_unit}); mean [95% CI over prompts]"]
+    for title, metrics in (("ours", OUR_METRICS), ("the papers' definitions (REFERENCES.md)", PAPER_METRICS)):
+        header = f"{'run':<18}{'step':>6}{'seed':>5}{'prompts':>8}  " + "  ".join(f"{m:<24}" for m in metrics)
+        lines += ["", f"{title}:", header, "-" * len(header)]
+        for g in result.groups:
+            cells = [f"{_fmt(e.mean, m)} [{_fmt(e.ci95[0], m)}, {_fmt(e.ci95[1], m)}]" if e else "n/a"
+                     for m, e in ((m, g.values[m]) for m in metrics)]
+            lines.append(f"{g.run:<18}{g.step:>6}{g.seed:>5}{g.n_prompts:>8}  " + "  ".join(f"{c:<24}" for c in cells))
+    a = result.code_flag_agreement
+    if a.responses:
+        lines += ["", (f"code reasoning, our rule vs Rethink_RLVR's 'python' flag: agree on {100 * a.rate:.1f}% of "
+                       f"{a.responses} responses (both {a.both}, ours only {a.ours_only}, theirs only "
+                       f"{a.theirs_only}, neither {a.neither})")]
     if result.shifts:
         lines += ["", "Shifts vs the run's first step: delta [95% CI], paired permutation p", ""]
         for sh in result.shifts:
             p = f"p={sh.p_value:.3g}" if sh.p_value is not None else "unpaired"
-            lines.append(f"{sh.run:<18} seed {sh.seed:<3} step {sh.from_step}->{sh.to_step:<6} {sh.metric:<13}"
+            lines.append(f"{sh.run:<18} seed {sh.seed:<3} step {sh.from_step}->{sh.to_step:<6} {sh.metric:<25}"
                          f"{_fmt(sh.delta, sh.metric):>8} [{_fmt(sh.ci95[0], sh.metric)}, "
                          f"{_fmt(sh.ci95[1], sh.metric)}]  {p}  (n={sh.n_prompts})")
     multi = [s for s in result.seed_shifts if s.n_seeds > 1]
     if multi:
         lines += ["", "Across seeds: mean ± std [95% t-interval]", ""]
         for s in multi:
-            lines.append(f"{s.run:<18} step {s.from_step}->{s.to_step:<6} {s.metric:<13}{_fmt(s.mean, s.metric):>8}"
+            lines.append(f"{s.run:<18} step {s.from_step}->{s.to_step:<6} {s.metric:<25}{_fmt(s.mean, s.metric):>8}"
                          f" ± {_fmt(s.std, s.metric)} [{_fmt(s.ci95[0], s.metric)}, {_fmt(s.ci95[1], s.metric)}]"
                          f"  ({s.n_seeds} seeds)")
     smallest = min(g.n_prompts for g in result.groups)
@@ -190,13 +202,13 @@ def run_generate(args: argparse.Namespace) -> None:
     from dynamics.devices import resolve_device
     from probes.generate import generate_responses
     from probes.generations import write_generations
-    from probes.models import load_model, load_tokenizer, read_prompts
+    from probes.models import load_model, probe_tokenizer, read_prompts
 
-    device = resolve_device(args.device)
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, device)
+    prompts = read_prompts(args.prompts)
+    tokenizer = probe_tokenizer(args.model, args.base, [p.prompt for p in prompts], not args.no_chat_template)
+    model = load_model(args.model, resolve_device(args.device), base=args.base, progress=not args.quiet)
     generations = generate_responses(
-        model, tokenizer, read_prompts(args.prompts), greedy=not args.no_greedy,
+        model, tokenizer, prompts, greedy=not args.no_greedy,
         samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
         run=args.run_label or Path(args.model).resolve().name, step=args.step, reward=args.reward,

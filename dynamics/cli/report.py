@@ -54,13 +54,13 @@ def run_sparsity(args: argparse.Namespace) -> None:
 
 
 def run_three_gate(args: argparse.Namespace) -> None:
-    from probes.results import read_fisher, read_kl
-
+    from probes.fisher import FisherResult
+    from probes.kl import KLResult
     from reports.three_gate import render_three_gate_report
 
     source = _diff_source(args, geometry=True)
-    kl = read_kl(args.kl) if args.kl else None
-    fisher = read_fisher(args.fisher) if args.fisher else None
+    kl = KLResult.read_json(args.kl) if args.kl else None
+    fisher = FisherResult.read_json(args.fisher) if args.fisher else None
     wrote(render_three_gate_report(source, args.out, kl=kl, fisher=fisher))
 
 

@@ -8,45 +8,32 @@ model: a weight that no update pushes across a bf16 rounding boundary keeps its 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
-from transformers.utils import logging as transformers_logging
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+
+from probes.models import load_tokenizer, transformers_progress
 
 
 def checkpoint_name(step: int) -> str:
     return f"checkpoint-{step}"
 
 
-@contextmanager
-def _no_transformers_bars() -> Iterator[None]:
-    """transformers draws a bar per shard saved or loaded; for files of a few MB it is noise."""
-    bars_were_enabled = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if bars_were_enabled:
-            transformers_logging.enable_progress_bar()
-
-
 def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, folder: Path,
                     dtype: torch.dtype) -> Path:
     """Write a `dtype` copy of `model` and the tokenizer files into `folder`; the master model is untouched."""
     stored = copy.deepcopy(model).to(dtype)
-    with _no_transformers_bars():
+    with transformers_progress(False):  # a bar per shard of a few MB is noise
         stored.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
 def load_for_training(folder: Path, device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """A local checkpoint as fp32 master weights on `device`, with its tokenizer (no remote code)."""
-    with _no_transformers_bars():
+    """A local checkpoint as fp32 master weights on `device`, with exactly the tokenizer saved beside it
+    (`probes.models.load_tokenizer`; no remote code)."""
+    with transformers_progress(False):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True,
                                                      trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    return model.to(device), tokenizer
+    return model.to(device), load_tokenizer(folder)

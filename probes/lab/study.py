@@ -13,15 +13,7 @@ One base serves every run (as one released model serves a paper's runs); seeds v
 Run `grpo-<reward>` with seed s samples prompts from `random.Random("prompts-s")` and responses from torch's
 generator seeded with s, so the runs of one seed see the same first rollout and differ by their reward.
 
-Trainer choice: an own minimal GRPO (`probes.lab.grpo`) rather than TRL's GRPOTrainer, measured: TRL 1.16 runs
-offline here on the CPU, and on the tiny model with the same rollout shape (64 completions of ≤ 64 tokens, two
-optimizer steps per rollout) took 0.36 s per optimizer step against 0.24 s for the own loop (its untrained
-policy wrote 59 tokens per response against 45, so per token the two are about even). Carrying TRL to the GPU
-machine would be possible (it lacks trl, datasets, dill and multiprocess, 2.5 MB of wheels; pyarrow, pandas and
-accelerate are there). Neither speed nor carrying decides; what does: the study needs, at every N optimizer
-steps, a bf16 copy of the fp32 masters with the tokenizer files, greedy held-out generations in the probe's
-jsonl format, and per-run seeded rewards, which in TRL means callbacks around its own checkpointing and
-logging, plus a dependency for ~150 lines whose objective (sequence-mean clipped ratio, k3 KL) is read here.
+Trainer choice (own minimal GRPO rather than TRL's GRPOTrainer): docs/lab-results.md, "Why an own GRPO loop".
 """
 
 from __future__ import annotations
