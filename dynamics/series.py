@@ -6,7 +6,9 @@ steps), directly or nested in a trainer's layout; the base comes from `--base` o
 file under `OUT/cache/`, named by the step pair and a key of both resolved paths and the diff
 options, so an interrupted series resumes where it stopped and a cache made for another base or
 other options is never reused. `OUT/series.json` holds model-level metrics per step
-(`dynamics.series/1`), plus KL drift per step when `dynamics.kl/1` files are given.
+(`dynamics.series/1`), plus KL drift per step when `dynamics.kl/1` files are given, and the training
+log's reward, KL, loss, entropy, clip fraction and learning rate per step where the run logged them
+(`trainer_state.json` of its latest step folder, `dynamics.training_log`).
 
 >>> result = series("runs/grpo-true-s1", geometry=GeometryOptions(k=8))   # doctest: +SKIP
 >>> [s.vs_base["bitwise_sparsity"] for s in result.steps]           # doctest: +SKIP
@@ -37,6 +39,7 @@ from dynamics.metrics import bitwise_sparsity, derived_metrics
 from dynamics.outputs import write_json
 from dynamics.result import DiffResult, geometry_means
 from dynamics.runs import RunInfo, SeriesError, find_step_checkpoints, read_run_info, resolve_base
+from dynamics.training_log import TrainingLog, find_training_log, read_training_log
 
 KL_FIELDS = ("kl_mean_per_token", "kl_median_per_token", "kl_p95_per_token", "kl_reverse_mean_per_token",
              "kl_mean_per_sequence", "tokens", "sequences")
@@ -45,13 +48,15 @@ KL_FIELDS = ("kl_mean_per_token", "kl_median_per_token", "kl_p95_per_token", "kl
 @dataclass(frozen=True)
 class SeriesStep:
     """One step: model-level metrics against the base and against the previous step (None for the
-    first step, whose previous step is the base), and KL drift against the base when measured."""
+    first step, whose previous step is the base), KL drift against the base when measured, and the
+    training log's canonical quantities at that step (None when the run has no log for it)."""
 
     step: int
     path: str
     vs_base: dict
     vs_previous: dict | None
     kl: dict | None
+    log: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,7 @@ def series(
     files, kl_source = kl_files(out, kl, [c.step for c in checkpoints])
     kl_by_step = {step: kl_summary(path) for step, path in files.items()}
     info = labels or read_run_info(run_dir)
+    log = latest_training_log([c.path for c in checkpoints])
     counts = {"computed": 0, "cached": 0}
 
     def cached_diff(a: Path, b: Path, name: str) -> dict:
@@ -196,8 +202,9 @@ def series(
         vs_base = cached_diff(base_path, checkpoint.path, f"step-{checkpoint.step}-vs-base")
         vs_previous = None if previous is None else cached_diff(
             previous.path, checkpoint.path, f"step-{checkpoint.step}-vs-step-{previous.step}")
+        logged = log.canonical(checkpoint.step) if log is not None else {}
         steps.append(SeriesStep(checkpoint.step, str(checkpoint.path), vs_base, vs_previous,
-                                kl_by_step.get(checkpoint.step)))
+                                kl_by_step.get(checkpoint.step), logged or None))
         previous = checkpoint
     result = Series(
         run_dir=str(run_dir), base=str(base_path),
@@ -206,6 +213,16 @@ def series(
         steps=steps, out_dir=str(out), diffs_computed=counts["computed"], diffs_cached=counts["cached"])
     write_json_document(result.to_json(), out / "series.json")
     return result
+
+
+def latest_training_log(step_folders: list[Path]) -> TrainingLog | None:
+    """The `trainer_state.json` of the last step folder that has one (it holds every earlier step's log
+    too), None when no step folder has one."""
+    for folder in reversed(step_folders):
+        found = find_training_log(folder)
+        if found is not None:
+            return read_training_log(found)
+    return None
 
 
 def _read_cache(path: Path) -> DiffResult | None:

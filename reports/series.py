@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dynamics.metrics import HEADLINE_ABS_TOLERANCE
 from dynamics.series import Series, SeriesStep
+from dynamics.training_log import CANONICAL_FIELDS
 from reports import figures
 from reports.document import (
     Block,
@@ -56,6 +57,7 @@ def render_series_report(series: Series, out_dir: Path) -> Path:
             Section("Update norm against step", _norm_blocks(steps, out_dir, colour)),
             Section("Update geometry against step", _geometry_blocks(series, out_dir, colour)),
             Section("KL drift against step", _kl_blocks(series, out_dir, colour)),
+            Section("Training log against step", _log_blocks(steps)),
         ],
     )
     return write_report(report, out_dir, NAME)
@@ -187,6 +189,22 @@ def _geometry_blocks(series: Series, out_dir: Path, colour: str) -> list[Block]:
                      [[s.step, _geometry(s, "vs_base", "principal_energy_weighted"), r]
                       for s, r in zip(steps, ratio)]),
     ]
+
+
+def _log_blocks(steps: list[SeriesStep]) -> list[Block]:
+    logged = [s for s in steps if s.log]
+    if not logged:
+        return [Note("No training log for any step: `dynamics series` reads `trainer_state.json` (HF Trainer / TRL "
+                     "`log_history`) from the run's latest step folder.")]
+    names = [n for n in CANONICAL_FIELDS if any(n in s.log for s in logged)]
+    rows = [[str(s.step), _sparsity(s), *(fmt_general(s.log.get(n)) for n in names)] for s in logged]
+    return [Table(["step", "bitwise sparsity", *(n.replace("_", " ") for n in names)], rows,
+                  caption="What the trainer logged at each checkpoint's step, beside the checkpoint's bitwise "
+                          "sparsity against the base (— where a quantity was not logged).")]
+
+
+def _sparsity(step: SeriesStep) -> str:
+    return fmt_fraction(_pick(step, "vs_base", "bitwise_sparsity"))
 
 
 def _kl_blocks(series: Series, out_dir: Path, colour: str) -> list[Block]:

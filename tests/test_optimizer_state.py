@@ -220,3 +220,15 @@ def test_deepspeed_moments_are_cut_like_the_masters():
     result = optimizer_analysis(DEEPSPEED / "base", DEEPSPEED / "zero3", adam=states["zero3"])
     assert result.to_json()["summary"]["momentum_cosine"] > 0.5  # a wrong cut would scatter the direction
     assert math.isfinite(result.to_json()["summary"]["v_spearman"])
+
+
+def test_series_puts_the_trl_log_beside_the_weights(tmp_path):
+    from dynamics.series import Series, series
+    from reports.series import render_series_report
+
+    result = series(TRL_RUN, base=FIXTURES / "trl_sft" / "base", out=tmp_path, device="cpu")
+    assert [s.step for s in result.steps] == [1, 2, 3]
+    assert result.steps[2].log["learning_rate"] == pytest.approx(5e-4 / 3)
+    assert Series.read_json(tmp_path / "series.json").steps[0].log == result.steps[0].log
+    render_series_report(result, tmp_path)
+    assert "Training log against step" in (tmp_path / "series.md").read_text()
