@@ -232,3 +232,20 @@ def test_series_puts_the_trl_log_beside_the_weights(tmp_path):
     assert Series.read_json(tmp_path / "series.json").steps[0].log == result.steps[0].log
     render_series_report(result, tmp_path)
     assert "Training log against step" in (tmp_path / "series.md").read_text()
+
+
+def test_three_gate_report_shows_adam_curvature_and_flips_or_says_what_to_run(tmp_path):
+    from dynamics import diff
+    from reports.three_gate import render_three_gate_report
+
+    before, after = TRL_RUN / "checkpoint-1", TRL_RUN / "checkpoint-2"
+    result = diff(before, after, device="cpu")
+    render_three_gate_report(result, tmp_path / "without")
+    text = (tmp_path / "without" / "three-gate.md").read_text()
+    assert text.count("No optimizer analysis: run `dynamics optimizer") == 2
+    groups = trainer_parameter_groups(after)
+    analysis = optimizer_analysis(before, after, adam=open_adam_state(after, groups), next_checkpoint=TRL_RUN / "checkpoint-3")
+    render_three_gate_report(result, tmp_path / "with", optimizer=analysis)
+    text = (tmp_path / "with" / "three-gate.md").read_text()
+    assert "top-q% of Adam's v" in text and "accumulated drift (half-ULPs)" in text
+    assert "No optimizer analysis" not in text
