@@ -33,7 +33,7 @@ def adam_direction(m: torch.Tensor, v: torch.Tensor, hyper: AdamHyper) -> torch.
 
 def average_ranks(x: torch.Tensor) -> torch.Tensor:
     """1-based ranks of a 1-D tensor, tied values sharing the mean of their ranks (float64)."""
-    values, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
+    _, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
     ends = counts.cumsum(0).double()
     return ((ends - counts.double() + 1 + ends) / 2)[inverse]
 

@@ -138,13 +138,13 @@ def _open_hf(file: Path, parameter_groups: Sequence[Sequence[str]]) -> AdamState
         return entry["exp_avg"].clone(), entry["exp_avg_sq"].clone()
 
     shapes = {name: tuple(state[i]["exp_avg"].shape) for name, i in index_of.items()}
-    notes = [f"optimizer.pt: {len(index_of)} parameters by index in {len(groups)} param groups, named in the "
-             "order given (HF Trainer: named_parameters() split into decay / no-decay groups)"]
+    notes = [(f"optimizer.pt: {len(index_of)} parameters by index in {len(groups)} param groups, named in the "
+              "order given (HF Trainer: named_parameters() split into decay / no-decay groups)")]
     return AdamState(file, f"torch AdamW state dict {file}", shapes, hyper, read, notes)
 
 
 def _open_deepspeed(folder: Path) -> AdamState:
-    moments, settings, first = deepspeed_zero.open_deepspeed_moments(folder)
+    moments, settings = deepspeed_zero.open_deepspeed_moments(folder)
     hyper = {without_wrappers(n): _hyper(s, s["step"]) for n, s in settings.items()}
     readers = {without_wrappers(n): read for n, (_, read) in moments.items()}
     shapes = {without_wrappers(n): tuple(shape) for n, (shape, _) in moments.items()}

@@ -121,11 +121,11 @@ def open_deepspeed(path: Path, folder: Path, masters: bool = False) -> Checkpoin
                       {name: info for name, (info, _) in sources.items()}, read, notes=notes, tied=tied)
 
 
-def open_deepspeed_moments(folder: Path) -> tuple[dict[str, tuple[tuple[int, ...], object]], dict[str, dict], Path]:
+def open_deepspeed_moments(folder: Path) -> tuple[dict[str, tuple[tuple[int, ...], object]], dict[str, dict]]:
     """Adam's moments of the ZeRO checkpoint in `folder`, cut into parameters exactly as the fp32 masters
     are (the flat `exp_avg` / `exp_avg_sq` of a group are partitioned like its fp32 group): name ->
-    (shape, read) with read() -> (exp_avg, exp_avg_sq), name -> its param group's hyper-parameters plus
-    `step`, and the rank-0 optimizer-state file. Moments live in `base_optimizer_state` (ZeRO-1/2) or
+    (shape, read) with read() -> (exp_avg, exp_avg_sq), and name -> its param group's hyper-parameters
+    plus `step`. Moments live in `base_optimizer_state` (ZeRO-1/2) or
     `optimizer_state_dict` (ZeRO-3), one state per parameter group."""
     model_files = _model_state_files(folder)
     first = _model_states(model_files[0])
@@ -150,7 +150,7 @@ def open_deepspeed_moments(folder: Path) -> tuple[dict[str, tuple[tuple[int, ...
             hyper[name] = {**{k: v for k, v in settings.items() if k != "params"}, "step": int(step)}
     moments = {name: (shape, lambda m=read_m, v=by_moment["exp_avg_sq"][name][1]: (m(), v()))
                for name, (shape, read_m) in by_moment["exp_avg"].items()}
-    return moments, hyper, optim_files[0]
+    return moments, hyper
 
 
 def _inner_optimizer(file: Path, states: dict, zero3: bool) -> dict:
