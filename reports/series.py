@@ -194,8 +194,8 @@ def _geometry_blocks(series: Series, out_dir: Path, colour: str) -> list[Block]:
 def _log_blocks(steps: list[SeriesStep]) -> list[Block]:
     logged = [s for s in steps if s.log]
     if not logged:
-        return [Note("No training log for any step: `dynamics series` reads `trainer_state.json` (HF Trainer / TRL "
-                     "`log_history`) from the run's latest step folder.")]
+        return [Paragraph("No training log for any step (`dynamics series` reads `trainer_state.json`, HF Trainer / "
+                          "TRL `log_history`, from the run's latest step folder).")]
     names = [n for n in CANONICAL_FIELDS if any(n in s.log for s in logged)]
     rows = [[str(s.step), _sparsity(s), *(fmt_general(s.log.get(n)) for n in names)] for s in logged]
     return [Table(["step", "bitwise sparsity", *(n.replace("_", " ") for n in names)], rows,
