@@ -249,3 +249,19 @@ def test_three_gate_report_shows_adam_curvature_and_flips_or_says_what_to_run(tm
     text = (tmp_path / "with" / "three-gate.md").read_text()
     assert "top-q% of Adam's v" in text and "accumulated drift (half-ULPs)" in text
     assert "No optimizer analysis" not in text
+
+
+def test_verl_optim_shards_are_named_by_the_model_shard_order(tmp_path):
+    from tests.framework_writers import write_fsdp2_run
+
+    root = write_fsdp2_run(tmp_path / "ckpts", steps=2)
+    assert find_adam_state(root / "global_step_2") == ("verl", root / "global_step_2" / "actor")
+    adam = open_adam_state(root / "global_step_2")
+    expected = load_file(str(root / "expected_moments_step2_actor.safetensors"))
+    assert "lm_head.weight" not in adam.shapes and len(adam.shapes) * 2 == len(expected)  # tied: one parameter
+    for name in adam.shapes:
+        m, v = adam.moments(name)
+        assert torch.equal(m, expected[f"{name}.exp_avg"]) and torch.equal(v, expected[f"{name}.exp_avg_sq"]), name
+    assert {h.step for h in adam.hyper.values()} == {2}
+    summary = optimizer_analysis(root / "global_step_1", root / "global_step_2", adam=adam).to_json()["summary"]
+    assert summary["momentum_cosine"] > 0.3 and summary["classified"] == summary["numel"]

@@ -9,6 +9,8 @@ Layouts read (none importing its framework, `torch.load(weights_only=True)`, mem
   groups from config.json); every moment's shape is checked against the one given for its name.
 - DeepSpeed ZeRO-1/2/3 optim states (a tag folder, or one whose `latest` names it): names and order from
   the model states' `param_shapes`, the flat moments cut like the fp32 masters (`deepspeed_zero`).
+- verl FSDP `optim_world_size_W_rank_R.pt` (a component folder, or a `global_step_N` whose actor it
+  takes): DTensor moments by index, named by the model shard's saved order (`verl_fsdp.open_verl_moments`).
 The `lr` stored in a group is the one the scheduler set after the last step: the next step's rate.
 """
 
@@ -21,13 +23,13 @@ from typing import Literal
 
 import torch
 
-from dynamics.checkpoints import deepspeed_zero
+from dynamics.checkpoints import deepspeed_zero, verl_fsdp
 from dynamics.checkpoints.names import without_wrappers
 from dynamics.checkpoints.torch_files import load_weights_only
 from dynamics.errors import CheckpointError
 
 HF_OPTIMIZER = "optimizer.pt"
-StateKind = Literal["hf", "deepspeed"]
+StateKind = Literal["hf", "deepspeed", "verl"]
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,17 @@ class AdamState:
 
 
 def find_adam_state(folder: str | Path) -> tuple[StateKind, Path] | None:
-    """The optimizer state a checkpoint folder carries: `optimizer.pt` (HF Trainer / TRL), or a DeepSpeed
-    tag folder with optim-states files (the folder itself, the tag its `latest` names, or the one
-    `global_step*` subfolder); None when there is none."""
+    """The optimizer state a checkpoint folder carries: `optimizer.pt` (HF Trainer / TRL), verl's
+    optim rank files (the folder, or its `actor/`), or a DeepSpeed tag folder with optim-states files
+    (the folder itself, the tag its `latest` names, or a `global_step*` subfolder); None without one."""
     folder = Path(folder)
     if folder.is_file():
         return ("hf", folder) if folder.name.endswith((".pt", ".pth", ".bin")) else None
     if (folder / HF_OPTIMIZER).is_file():
         return "hf", folder / HF_OPTIMIZER
+    for candidate in (folder, folder / verl_fsdp.DEFAULT_COMPONENT):
+        if candidate.is_dir() and verl_fsdp.optim_files(candidate) is not None:
+            return "verl", candidate
     candidates = [folder, deepspeed_zero.latest_tag(folder), *sorted(folder.glob("global_step*"))]
     for candidate in candidates:
         if candidate is not None and candidate.is_dir() and any(
@@ -94,6 +99,8 @@ def open_adam_state(path: str | Path, parameter_groups: Sequence[Sequence[str]] 
     kind, where = found
     if kind == "deepspeed":
         state = _open_deepspeed(where)
+    elif kind == "verl":
+        state = _open_verl(where)
     else:
         if parameter_groups is None:
             raise CheckpointError(f"{where}: stores parameters by index, not name: pass the parameter groups' names")
@@ -150,3 +157,13 @@ def _open_deepspeed(folder: Path) -> AdamState:
     shapes = {without_wrappers(n): tuple(shape) for n, (shape, _) in moments.items()}
     notes = [f"DeepSpeed optim states in {folder}: {len(shapes)} parameters named by param_shapes"]
     return AdamState(folder, f"DeepSpeed ZeRO moments {folder}", shapes, hyper, lambda n: readers[n](), notes)
+
+
+def _open_verl(folder: Path) -> AdamState:
+    exp_avg, exp_avg_sq, settings, step = verl_fsdp.open_verl_moments(folder)
+    hyper = _hyper(settings, step)
+    shapes = {without_wrappers(n): info.shape for n, info in exp_avg.tensors.items()}
+    stored = {without_wrappers(n): n for n in exp_avg.tensors}
+    notes = [f"verl FSDP optim shards in {folder}: {len(shapes)} parameters named by the model shard's order"]
+    return AdamState(folder, f"verl FSDP moments {folder}", shapes, dict.fromkeys(shapes, hyper),
+                     lambda n: (exp_avg.read(stored[n]), exp_avg_sq.read(stored[n])), notes)
