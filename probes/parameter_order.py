@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dynamics.checkpoints import open_checkpoint
+from dynamics.checkpoints.adam_state import AdamState, find_adam_state, open_adam_state
 from dynamics.errors import CheckpointError
 
 
@@ -30,3 +32,17 @@ def trainer_parameter_groups(config_folder: str | Path) -> list[list[str]]:
     decay = set(Trainer.get_decay_parameter_names(None, model))
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     return [[n for n in names if n in decay], [n for n in names if n not in decay]]
+
+
+def adam_state_beside(checkpoint: str | Path, optimizer: str | Path | None = None) -> AdamState | None:
+    """The Adam state of `checkpoint` (or at `optimizer`), its `optimizer.pt` indices named by
+    `trainer_parameter_groups` of the checkpoint's config.json, every moment's shape checked against the
+    checkpoint's weights; None when there is no optimizer state."""
+    found = find_adam_state(optimizer or checkpoint)
+    if found is None:
+        return None
+    kind, where = found
+    folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    groups = trainer_parameter_groups(folder) if kind == "hf" else None
+    shapes = {name: info.shape for name, info in open_checkpoint(checkpoint, masters=True).tensors.items()}
+    return open_adam_state(where, groups, shapes)

@@ -224,14 +224,20 @@ def test_deepspeed_moments_are_cut_like_the_masters():
 
 def test_series_puts_the_trl_log_beside_the_weights(tmp_path):
     from dynamics.series import Series, series
+    from probes.parameter_order import adam_state_beside
     from reports.series import render_series_report
 
-    result = series(TRL_RUN, base=FIXTURES / "trl_sft" / "base", out=tmp_path, device="cpu")
+    result = series(TRL_RUN, base=FIXTURES / "trl_sft" / "base", out=tmp_path, device="cpu",
+                    optimizer=adam_state_beside)
     assert [s.step for s in result.steps] == [1, 2, 3]
     assert result.steps[2].log["learning_rate"] == pytest.approx(5e-4 / 3)
-    assert Series.read_json(tmp_path / "series.json").steps[0].log == result.steps[0].log
+    again = Series.read_json(tmp_path / "series.json")
+    assert again.steps[0].log == result.steps[0].log
+    assert [s.optimizer["flip_prediction_recall"] is None for s in again.steps] == [False, False, True]  # no step 4
+    assert again.steps[1].optimizer["momentum_cosine"] > 0.99
     render_series_report(result, tmp_path)
-    assert "Training log against step" in (tmp_path / "series.md").read_text()
+    text = (tmp_path / "series.md").read_text()
+    assert "Training log against step" in text and "next-step flip recall" in text
 
 
 def test_three_gate_report_shows_adam_curvature_and_flips_or_says_what_to_run(tmp_path):

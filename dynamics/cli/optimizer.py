@@ -24,26 +24,15 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from dynamics.checkpoints import open_checkpoint
-    from dynamics.checkpoints.adam_state import find_adam_state, open_adam_state
     from dynamics.metrics import METRICS, format_value
     from dynamics.optimizer_analysis import optimizer_analysis
     from dynamics.training_log import find_training_log, read_training_log
+    from probes.parameter_order import adam_state_beside
 
-    found = find_adam_state(args.optimizer or args.tuned)
-    adam = None
-    if found is not None:
-        kind, where = found
-        groups = None
-        if kind == "hf":
-            from probes.parameter_order import trainer_parameter_groups
-
-            groups = trainer_parameter_groups(args.tuned if Path(args.tuned).is_dir() else Path(args.tuned).parent)
-        shapes = {name: info.shape for name, info in open_checkpoint(args.tuned, masters=True).tensors.items()}
-        adam = open_adam_state(where, groups, shapes)
-    else:
-        print(f"no optimizer state in {args.optimizer or args.tuned}: Gate II needs optimizer.pt or DeepSpeed "
-              "optim states (--optimizer PATH)")
+    adam = adam_state_beside(args.tuned, args.optimizer)
+    if adam is None:
+        print(f"no optimizer state in {args.optimizer or args.tuned}: Gate II needs optimizer.pt, verl optim shards "
+              "or DeepSpeed optim states (--optimizer PATH)")
     log_path = args.log or find_training_log(args.tuned)
     log = read_training_log(log_path) if log_path is not None else None
     result = optimizer_analysis(args.base, args.tuned, adam=adam, next_checkpoint=args.next, log=log,
