@@ -25,6 +25,7 @@ BEHAVIOR_SCHEMA = "dynamics.behavior/1"
 OVERLAP_SCHEMA = "dynamics.overlap/1"
 LORA_EXTRACTION_SCHEMA = "dynamics.lora-extraction/1"
 PAPER_METRICS_SCHEMA = "dynamics.paper-metrics/1"
+OPTIMIZER_SCHEMA = "dynamics.optimizer/1"
 
 
 @contextlib.contextmanager

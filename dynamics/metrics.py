@@ -6,7 +6,8 @@ A metric is one function registered with what it needs:
 - `matrix`: a function of a group of `TensorRecord`s that carry `GeometryStats` (the matrix pass);
 - `probe`: a function of a probe result (e.g. `probes.fisher.FisherResult`) and one parameter;
 - `overlap`: a function of additive `OverlapCounts` (R runs' update masks, `dynamics.overlap`);
-- `paper`: a function of additive `PaperCounts` (the papers' own definitions, `dynamics.paper_metrics`).
+- `paper`: a function of additive `PaperCounts` (the papers' own definitions, `dynamics.paper_metrics`);
+- `optimizer`: a function of additive `OptimizerCounts` (Adam's state and fp32 masters, `dynamics.optimizer_analysis`).
 
 JSON rows and aggregates, HDF5 columns, the terminal summary, series and the reports all read the
 registered value by name (`Metric.label` is its one human label). A ratio whose denominator is zero is
@@ -23,11 +24,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from dynamics.element_stats import ABS_TOLERANCES, REL_TOLERANCES, ElementStats
 
 if TYPE_CHECKING:
+    from dynamics.optimizer_counts import OptimizerCounts
     from dynamics.overlap_counts import OverlapCounts
     from dynamics.paper_metrics import PaperCounts
     from dynamics.result import TensorRecord
 
-Needs = Literal["element", "matrix", "probe", "overlap", "paper"]
+Needs = Literal["element", "matrix", "probe", "overlap", "paper", "optimizer"]
 MetricValue = float | dict[str, float | None] | None
 
 # The absolute tolerance of the published sparsity numbers (|Δ| ≤ 1e-5); the key of its grid entry.
@@ -94,6 +96,11 @@ def overlap_metrics(c: OverlapCounts) -> dict[str, MetricValue]:
 def paper_metrics_of(c: PaperCounts) -> dict[str, MetricValue]:
     """Every registered paper metric of `c`, by name."""
     return {name: m.fn(c) for name, m in metrics_needing("paper").items()}
+
+
+def optimizer_metrics_of(c: OptimizerCounts) -> dict[str, MetricValue]:
+    """Every registered optimizer metric of `c`, by name."""
+    return {name: m.fn(c) for name, m in metrics_needing("optimizer").items()}
 
 
 def probe_value(name: str, result: Any, parameter: Any = None) -> MetricValue:
@@ -355,6 +362,89 @@ def principal_not_low_over_chance(c: PaperCounts) -> float | None:
     """principal_not_low_overlap / principal_not_low_chance; None when either is undefined or chance is 0."""
     overlap, chance = principal_not_low_overlap(c), principal_not_low_chance(c)
     return None if overlap is None or not chance else overlap / chance
+
+
+# --- optimizer metrics (Adam's state: Gate II curvature for free; fp32 masters: Gate III per weight) --
+# q keys are TOP_V_PERCENTS as "%g" ("1", "5", "10").
+
+def _q_keys() -> list[str]:
+    from dynamics.adam_curvature import TOP_V_PERCENTS
+
+    return [f"{q:g}" for q in TOP_V_PERCENTS]
+
+
+@register("optimizer", "share of ‖Δ‖² on top-q% v")
+def v_top_share(c: OptimizerCounts) -> dict[str, float | None]:
+    """Per q: Σ Δ² on the top-q% coordinates of Adam's v / Σ Δ², over 2-D weights; None without update energy."""
+    return {q: _ratio(top, c.sum_sq_delta_matrix) for q, top in zip(_q_keys(), c.sum_sq_delta_top_v)}
+
+
+@register("optimizer", "chance share |top-q%| / n")
+def v_top_share_chance(c: OptimizerCounts) -> dict[str, float | None]:
+    """Per q: |top-q%(v)| / n, the share a update spread at random would put there (≈ q/100)."""
+    return {q: _ratio(count, c.matrix_numel) for q, count in zip(_q_keys(), c.top_v_count)}
+
+
+@register("optimizer", "top-q% v share / chance", ".2f")
+def v_top_share_over_chance(c: OptimizerCounts) -> dict[str, float | None]:
+    """Per q: v_top_share / v_top_share_chance; None where either is undefined or chance is 0."""
+    share, chance = v_top_share(c), v_top_share_chance(c)
+    return {q: None if share[q] is None or not chance[q] else share[q] / chance[q] for q in share}
+
+
+@register("optimizer", "top-1% v share / chance", ".2f", headline=True)
+def v_top1_share_over_chance(c: OptimizerCounts) -> float | None:
+    """v_top_share_over_chance at q = 1%."""
+    return v_top_share_over_chance(c)[_q_keys()[0]]
+
+
+@register("optimizer", "Spearman ρ(|Δ|, v)", ".3f", headline=True)
+def v_spearman(c: OptimizerCounts) -> float | None:
+    """Σ ρ_t·c_t / Σ c_t: the tensors' Spearman ρ(|Δ|, v) over changed elements, weighted by c_t changed."""
+    return _ratio(c.spearman_weighted, c.spearman_weight)
+
+
+@register("optimizer", "cos(Δ, −m̂/(√v̂+ε))", ".3f", headline=True)
+def momentum_cosine(c: OptimizerCounts) -> float | None:
+    """Σ Δ·d / sqrt(Σ Δ² · Σ d²), pooled over the group; None when Δ = 0 or d = 0."""
+    denominator = math.sqrt(c.momentum_sq_delta * c.momentum_sq_direction)
+    return _ratio(c.momentum_dot, denominator)
+
+
+@register("optimizer", "moved and flipped in bf16")
+def moved_flipped_share(c: OptimizerCounts) -> float | None:
+    """moved_flipped / classified: master moved and the stored bf16 value changed."""
+    return _ratio(c.moved_flipped, c.classified)
+
+
+@register("optimizer", "moved, hidden by bf16")
+def moved_hidden_share(c: OptimizerCounts) -> float | None:
+    """moved_hidden / classified: master moved by less than the stored value's half-ULP (drift not carried over)."""
+    return _ratio(c.moved_hidden, c.classified)
+
+
+@register("optimizer", "unmoved")
+def unmoved_share(c: OptimizerCounts) -> float | None:
+    """unmoved / classified: master bits identical and stored value unchanged."""
+    return _ratio(c.unmoved, c.classified)
+
+
+@register("optimizer", "hidden share of moved masters", headline=True)
+def hidden_of_moved(c: OptimizerCounts) -> float | None:
+    """moved_hidden / (moved_hidden + moved_flipped); None when no master moved."""
+    return _ratio(c.moved_hidden, c.moved_hidden + c.moved_flipped)
+
+
+@register("optimizer", "next-step flip precision", ".3f", headline=True)
+def flip_prediction_precision(c: OptimizerCounts) -> float | None:
+    """|predicted ∩ next flips| / |predicted|; None when nothing is predicted to flip."""
+    return _ratio(c.predicted_and_next, c.predicted_flips)
+
+
+@register("optimizer", "next-step flip recall", ".3f", headline=True)
+def flip_prediction_recall(c: OptimizerCounts) -> float | None:
+    """|predicted ∩ next flips| / |next flips|; None when nothing flips at the next checkpoint."""
+    return _ratio(c.predicted_and_next, c.next_flips)
 
 
 # --- probe metrics ---------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ steps), directly or nested in a trainer's layout; the base comes from `--base` o
 file under `OUT/cache/`, named by the step pair and a key of both resolved paths and the diff
 options, so an interrupted series resumes where it stopped and a cache made for another base or
 other options is never reused. `OUT/series.json` holds model-level metrics per step
-(`dynamics.series/1`), plus KL drift per step when `dynamics.kl/1` files are given.
+(`dynamics.series/1`), plus KL drift per step when `dynamics.kl/1` files are given, and the training
+log's reward, KL, loss, entropy, clip fraction and learning rate per step where the run logged them
+(`trainer_state.json` of its latest step folder, `dynamics.training_log`).
 
 >>> result = series("runs/grpo-true-s1", geometry=GeometryOptions(k=8))   # doctest: +SKIP
 >>> [s.vs_base["bitwise_sparsity"] for s in result.steps]           # doctest: +SKIP
@@ -17,12 +19,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from dynamics.api import diff
+from dynamics.checkpoints.adam_state import AdamState
 from dynamics.documents import (
     DIFF_SCHEMA,
     KL_SCHEMA,
@@ -34,9 +39,11 @@ from dynamics.documents import (
 from dynamics.errors import DynamicsError
 from dynamics.geometry_options import GeometryOptions
 from dynamics.metrics import bitwise_sparsity, derived_metrics
+from dynamics.optimizer_analysis import optimizer_analysis
 from dynamics.outputs import write_json
 from dynamics.result import DiffResult, geometry_means
 from dynamics.runs import RunInfo, SeriesError, find_step_checkpoints, read_run_info, resolve_base
+from dynamics.training_log import TrainingLog, find_training_log, read_training_log
 
 KL_FIELDS = ("kl_mean_per_token", "kl_median_per_token", "kl_p95_per_token", "kl_reverse_mean_per_token",
              "kl_mean_per_sequence", "tokens", "sequences")
@@ -45,13 +52,18 @@ KL_FIELDS = ("kl_mean_per_token", "kl_median_per_token", "kl_p95_per_token", "kl
 @dataclass(frozen=True)
 class SeriesStep:
     """One step: model-level metrics against the base and against the previous step (None for the
-    first step, whose previous step is the base), and KL drift against the base when measured."""
+    first step, whose previous step is the base), KL drift against the base when measured, the
+    training log's canonical quantities at that step (None when the run has no log for it), and the
+    model-level `dynamics.optimizer/1` summary of previous step → this step with this step's Adam state
+    and the next step's flips (None unless asked for and the step has a state)."""
 
     step: int
     path: str
     vs_base: dict
     vs_previous: dict | None
     kl: dict | None
+    log: dict | None = None
+    optimizer: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +161,7 @@ def series(
     progress: bool = False,
     component: str | None = None,
     masters: bool = False,
+    optimizer: Callable[[Path], AdamState | None] | None = None,
 ) -> Series:
     """Diff every step of the run in `run_dir` against the base and against the previous step;
     write the diffs to `out/cache/` and `out/series.json` (atomically); return the series.
@@ -164,6 +177,8 @@ def series(
         labels: run label, reward and seed to record; default: from run.json.
         progress: a tqdm bar over steps.
         component, masters: which weights of each step (`dynamics.diff`); part of the cache key.
+        optimizer: step folder -> its Adam state (None: none there); when given, every step with a
+            state gets `optimizer_analysis` against the previous step (not cached).
     """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "series"
@@ -174,6 +189,7 @@ def series(
     files, kl_source = kl_files(out, kl, [c.step for c in checkpoints])
     kl_by_step = {step: kl_summary(path) for step, path in files.items()}
     info = labels or read_run_info(run_dir)
+    log = latest_training_log([c.path for c in checkpoints])
     counts = {"computed": 0, "cached": 0}
 
     def cached_diff(a: Path, b: Path, name: str) -> dict:
@@ -191,13 +207,19 @@ def series(
 
     steps, previous = [], None
     bar = tqdm(checkpoints, desc="series", unit="step", disable=not progress)
+    following = {c.path: n.path for c, n in pairwise(checkpoints)}
     for checkpoint in bar:
         bar.set_postfix_str(checkpoint.path.name)
         vs_base = cached_diff(base_path, checkpoint.path, f"step-{checkpoint.step}-vs-base")
         vs_previous = None if previous is None else cached_diff(
             previous.path, checkpoint.path, f"step-{checkpoint.step}-vs-step-{previous.step}")
+        logged = log.canonical(checkpoint.step) if log is not None else {}
+        adam = optimizer(checkpoint.path) if optimizer is not None else None
+        analysis = None if adam is None else optimizer_analysis(
+            base_path if previous is None else previous.path, checkpoint.path, adam=adam,
+            next_checkpoint=following.get(checkpoint.path), component=component).to_json()["summary"]
         steps.append(SeriesStep(checkpoint.step, str(checkpoint.path), vs_base, vs_previous,
-                                kl_by_step.get(checkpoint.step)))
+                                kl_by_step.get(checkpoint.step), logged or None, analysis))
         previous = checkpoint
     result = Series(
         run_dir=str(run_dir), base=str(base_path),
@@ -206,6 +228,16 @@ def series(
         steps=steps, out_dir=str(out), diffs_computed=counts["computed"], diffs_cached=counts["cached"])
     write_json_document(result.to_json(), out / "series.json")
     return result
+
+
+def latest_training_log(step_folders: list[Path]) -> TrainingLog | None:
+    """The `trainer_state.json` of the last step folder that has one (it holds every earlier step's log
+    too), None when no step folder has one."""
+    for folder in reversed(step_folders):
+        found = find_training_log(folder)
+        if found is not None:
+            return read_training_log(found)
+    return None
 
 
 def _read_cache(path: Path) -> DiffResult | None:

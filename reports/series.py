@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dynamics.metrics import HEADLINE_ABS_TOLERANCE
+from dynamics.metrics import HEADLINE_ABS_TOLERANCE, METRICS, format_value
 from dynamics.series import Series, SeriesStep
+from dynamics.training_log import CANONICAL_FIELDS
 from reports import figures
 from reports.document import (
     Block,
@@ -56,6 +57,8 @@ def render_series_report(series: Series, out_dir: Path) -> Path:
             Section("Update norm against step", _norm_blocks(steps, out_dir, colour)),
             Section("Update geometry against step", _geometry_blocks(series, out_dir, colour)),
             Section("KL drift against step", _kl_blocks(series, out_dir, colour)),
+            Section("Training log against step", _log_blocks(steps)),
+            Section("Optimizer state against step", _optimizer_blocks(steps)),
         ],
     )
     return write_report(report, out_dir, NAME)
@@ -187,6 +190,37 @@ def _geometry_blocks(series: Series, out_dir: Path, colour: str) -> list[Block]:
                      [[s.step, _geometry(s, "vs_base", "principal_energy_weighted"), r]
                       for s, r in zip(steps, ratio)]),
     ]
+
+
+def _log_blocks(steps: list[SeriesStep]) -> list[Block]:
+    logged = [s for s in steps if s.log]
+    if not logged:
+        return [Paragraph("No training log for any step (`dynamics series` reads `trainer_state.json`, HF Trainer / "
+                          "TRL `log_history`, from the run's latest step folder).")]
+    names = [n for n in CANONICAL_FIELDS if any(n in s.log for s in logged)]
+    rows = [[str(s.step), _sparsity(s), *(fmt_general(s.log.get(n)) for n in names)] for s in logged]
+    return [Table(["step", "bitwise sparsity", *(n.replace("_", " ") for n in names)], rows,
+                  caption="What the trainer logged at each checkpoint's step, beside the checkpoint's bitwise "
+                          "sparsity against the base (— where a quantity was not logged).")]
+
+
+OPTIMIZER_COLUMNS = ("v_top1_share_over_chance", "v_spearman", "momentum_cosine", "hidden_of_moved",
+                     "flip_prediction_precision", "flip_prediction_recall")
+
+
+def _optimizer_blocks(steps: list[SeriesStep]) -> list[Block]:
+    read = [s for s in steps if s.optimizer]
+    if not read:
+        return [Paragraph("No optimizer state read: rerun `dynamics series` with `--optimizer` (each step's "
+                          "optimizer.pt, verl optim shards or DeepSpeed optim states).")]
+    rows = [[str(s.step), *(format_value(n, s.optimizer[n]) for n in OPTIMIZER_COLUMNS)] for s in read]
+    return [Table(["step", *(METRICS[n].label for n in OPTIMIZER_COLUMNS)], rows,
+                  caption="Each step against the previous one (the first against the base) with that step's Adam "
+                          "state (`dynamics optimizer`); flip precision / recall against the next step.")]
+
+
+def _sparsity(step: SeriesStep) -> str:
+    return fmt_fraction(_pick(step, "vs_base", "bitwise_sparsity"))
 
 
 def _kl_blocks(series: Series, out_dir: Path, colour: str) -> list[Block]:

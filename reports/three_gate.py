@@ -1,7 +1,8 @@
 """Three-gate report: Gate I (KL drift and its top tokens beside the relative update norm, or what
 to run to measure it), Gate II (update geometry per module kind, every registered matrix metric;
-curvature alignment with the Fisher probe), Gate III (precision: bitwise sparsity, ULP distances,
-bf16 visibility). Each gate ends with a one-line reading from `reports.readings`; a missing input is
+curvature alignment with the Fisher probe and with Adam's v), Gate III (precision: bitwise sparsity, ULP
+distances, bf16 visibility; with an optimizer analysis, every master element's flip classified and the
+next step's flips predicted). Each gate ends with a one-line reading from `reports.readings`; a missing input is
 stated, not hidden.
 
 >>> from reports.three_gate import render_three_gate_report
@@ -49,6 +50,7 @@ from reports.sections import (
 from reports.write import write_report
 
 if TYPE_CHECKING:  # probes.kl imports transformers; the report only reads the result's fields
+    from dynamics.optimizer_analysis import OptimizerResult
     from probes.fisher import FisherResult
     from probes.kl import KLResult
 
@@ -59,7 +61,7 @@ FISHER_SHARE_OVER_CHANCE = "fisher_share_over_chance"
 
 
 def render_three_gate_report(result: DiffResult, out_dir: Path, kl: KLResult | None = None,
-                             fisher: FisherResult | None = None) -> Path:
+                             fisher: FisherResult | None = None, optimizer: OptimizerResult | None = None) -> Path:
     """Write `out_dir/three-gate.md`, `out_dir/three-gate.html` (self-contained), PNG figures in
     `out_dir/figures/three-gate-*.png` and their data in `out_dir/data/three-gate-*.csv`.
 
@@ -70,13 +72,17 @@ def render_three_gate_report(result: DiffResult, out_dir: Path, kl: KLResult | N
         kl: KL drift of the same pair (`probes.kl`, `KLResult.read_json`), for Gate I.
         fisher: curvature alignment of the same pair (`probes.fisher`, `FisherResult.read_json`),
             for Gate II.
+        optimizer: the same pair's optimizer analysis (`dynamics.optimizer_analysis`,
+            `OptimizerResult.read_json`): Adam's v as curvature in Gate II, flips per weight in Gate III.
     Returns:
         The path of the HTML page.
     """
     out_dir = Path(out_dir)
     gate1, reading1 = _gate_one(result, kl, out_dir)
     gate2, reading2 = _gate_two(result, fisher, out_dir)
+    gate2 += _adam_curvature_blocks(result, optimizer, fisher)
     gate3, reading3 = _gate_three(result, out_dir)
+    gate3 += _flip_blocks(result, optimizer)
     glance = Table(["gate", "reading"], [["I · KL anchor", reading1.text], ["II · geometry", reading2.text],
                                          ["III · precision", reading3.text]], numeric_from=2)
     report = Report(
@@ -265,6 +271,58 @@ def _geometry_blocks(result: DiffResult, out_dir: Path) -> tuple[list[Block], st
         ["p_percent", "principal_mask_overlap", "low_magnitude_mask_overlap"],
         [[q, a, b] for q, a, b in zip(percents, principal, low)]))
     return blocks, principal_energy_reading(summary["principal_energy_ratio"], summary["principal_angle_max_deg"])
+
+
+def _optimizer_note(result: DiffResult, what: str) -> Note:
+    return Note(f"No optimizer analysis: run `dynamics optimizer {result.a.path} {result.b.path} --json optimizer.json` "
+                f"(TUNED's optimizer.pt or DeepSpeed optim states; `--next` the following checkpoint) and render "
+                f"again with `--optimizer optimizer.json` to see {what}.")
+
+
+def _adam_curvature_blocks(result: DiffResult, optimizer: OptimizerResult | None,
+                           fisher: FisherResult | None) -> list[Block]:
+    """Adam's v as the Fisher: share of ‖Δ‖² on its top-q% coordinates, beside the Fisher probe's."""
+    if optimizer is None:
+        return [_optimizer_note(result, "how much of ‖Δ‖² falls on the coordinates Adam's v ranks highest")]
+    m = optimizer.to_json()["summary"]
+    if not m["matrices"]:
+        return [Note(f"The optimizer analysis found no Adam state for a 2-D weight ({optimizer.optimizer}).")]
+    fisher_ratio = {} if fisher is None else {
+        f"{float(q):g}": probe_value(FISHER_SHARE_OVER_CHANCE, fisher, float(q)) for q in fisher.q_percent}
+    rows = [[f"q = {q}%", fmt_fraction(m["v_top_share"][q]), fmt_fraction(m["v_top_share_chance"][q]),
+             fmt_general(m["v_top_share_over_chance"][q]), fmt_general(fisher_ratio.get(q))]
+            for q in m["v_top_share"]]
+    table = Table(["top-q% of Adam's v", "share of ‖Δ‖²", "chance", "share / chance", "Fisher probe: share / chance"],
+                  rows, caption=f"v = exp_avg_sq of {optimizer.optimizer}, an EMA of g² under the training "
+                                f"distribution, over {fmt_count(m['matrices'])} matrices; Spearman ρ(|Δ|, v) over "
+                                f"changed weights {fmt_general(m['v_spearman'])}; cosine of Δ with the last "
+                                f"steps' momentum direction −m̂/(√v̂+ε) {fmt_general(m['momentum_cosine'])}. "
+                                "— in the Fisher column: no Fisher probe at that q (`--fisher`).")
+    return [Paragraph("Curvature from the optimizer (Adam's second moment):"), table]
+
+
+def _flip_blocks(result: DiffResult, optimizer: OptimizerResult | None) -> list[Block]:
+    """Every fp32 master element moved-and-flipped / moved-but-hidden / unmoved, per module kind."""
+    if optimizer is None:
+        return [_optimizer_note(result, "which master updates bf16 shows, which it hides, and the next step's flips")]
+    doc = optimizer.to_json()
+    if not doc["summary"]["classified"]:
+        return [Note("The tuned side holds no fp32 masters: there is no hidden update to classify "
+                     "(pass the masters, e.g. a DeepSpeed folder, an fp32 HF Trainer checkpoint).")]
+    names = ("moved_flipped_share", "moved_hidden_share", "unmoved_share", "flip_prediction_precision",
+             "flip_prediction_recall")
+    rows = [[group, fmt_count(row["classified"]), *(format_value(n, row[n]) for n in names)]
+            for group, row in {"model": doc["summary"], **doc["by_module_kind"]}.items()]
+    table = Table(["group", "master elements", *(METRICS[n].label for n in names)], rows,
+                  caption="Masters of both steps against their stored bf16 values; the prediction (from TUNED's "
+                          "Adam state) against the next checkpoint's stored values, n/a without `--next`.")
+    histogram = doc["summary"]["hidden_drift_histogram"]
+    labels = [f"[{i / 10:.1f}, {(i + 1) / 10:.1f})" for i in range(9)] + ["[0.9, 1.0]", "> 1"]
+    drift = Table(["accumulated drift (half-ULPs)", "hidden elements"],
+                  [[label, fmt_count(c)] for label, c in zip(labels, histogram)],
+                  caption="|master − stored bf16| of the moved-but-hidden elements in units of half the gap to "
+                          "the bf16 neighbour on the drift's side: at 1 the next push carries it over.")
+    return [Paragraph("Flips explained weight by weight (fp32 masters):"), table, drift]
 
 
 def _gate_three(result: DiffResult, out_dir: Path) -> tuple[list[Block], Reading]:

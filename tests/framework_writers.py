@@ -2,7 +2,9 @@
 
 `write_fsdp2_run` runs two gloo processes (forked, CPU) that shard a tiny Qwen2 actor and critic
 with FSDP2 `fully_shard` and save them as verl's FSDPCheckpointManager does
-(`global_step_N/{actor,critic}/model_world_size_2_rank_R.pt` from `model.state_dict()`), plus the
+(`global_step_N/{actor,critic}/model_world_size_2_rank_R.pt` from `model.state_dict()`; the actor also
+takes an AdamW step on random DTensor gradients and saves `optim_world_size_2_rank_R.pt` from
+`optimizer.state_dict()`, its moments by parameter name in `expected_moments_stepN_actor.safetensors`), plus the
 same step as a two-rank DCP folder (`dcp.save` of the sharded state dict); each full tensor is also
 exported to safetensors through `DTensor.full_tensor()` for the tests to compare against.
 """
@@ -38,6 +40,7 @@ def _worker(rank: int, root: Path, port: int, steps: int) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -48,6 +51,7 @@ def _worker(rank: int, root: Path, port: int, steps: int) -> None:
         for layer in model.model.layers:
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
+    optimizer = torch.optim.AdamW(models["actor"].parameters(), lr=1e-3, weight_decay=0.01)
     for step in range(1, steps + 1):
         for name, model in models.items():
             with torch.no_grad():
@@ -55,8 +59,18 @@ def _worker(rank: int, root: Path, port: int, steps: int) -> None:
                 for p in model.parameters():
                     local = p.to_local()
                     local.add_(1e-3 * torch.randn(local.shape, generator=g))
+                    if name == "actor":
+                        p.grad = DTensor.from_local(torch.randn(local.shape, generator=g), p.device_mesh, p.placements,
+                                                    shape=p.shape, stride=p.stride())
             folder = root / f"global_step_{step}" / name
             folder.mkdir(parents=True, exist_ok=True)
+            if name == "actor":
+                optimizer.step()
+                torch.save(optimizer.state_dict(), folder / f"optim_world_size_{WORLD_SIZE}_rank_{rank}.pt")
+                moments = {f"{n}.{key}": optimizer.state[p][key].full_tensor() for n, p in model.named_parameters()
+                           for key in ("exp_avg", "exp_avg_sq")}
+                if rank == 0:
+                    save_file(moments, str(root / f"expected_moments_step{step}_actor.safetensors"))
             state = model.state_dict()
             torch.save(state, folder / f"model_world_size_{WORLD_SIZE}_rank_{rank}.pt")
             full = {k: v.full_tensor().contiguous() for k, v in state.items() if k != "lm_head.weight"}

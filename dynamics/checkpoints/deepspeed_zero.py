@@ -121,6 +121,52 @@ def open_deepspeed(path: Path, folder: Path, masters: bool = False) -> Checkpoin
                       {name: info for name, (info, _) in sources.items()}, read, notes=notes, tied=tied)
 
 
+def open_deepspeed_moments(folder: Path) -> tuple[dict[str, tuple[tuple[int, ...], object]], dict[str, dict]]:
+    """Adam's moments of the ZeRO checkpoint in `folder`, cut into parameters exactly as the fp32 masters
+    are (the flat `exp_avg` / `exp_avg_sq` of a group are partitioned like its fp32 group): name ->
+    (shape, read) with read() -> (exp_avg, exp_avg_sq), and name -> its param group's hyper-parameters
+    plus `step`. Moments live in `base_optimizer_state` (ZeRO-1/2) or
+    `optimizer_state_dict` (ZeRO-3), one state per parameter group."""
+    model_files = _model_state_files(folder)
+    first = _model_states(model_files[0])
+    zero3 = model_files[0].name != MODEL_STATES
+    optim_files = _rank_files(folder, OPTIM_STATES, "optimizer-state")
+    optim = [_optim_states(file) for file in optim_files]
+    inner = [_inner_optimizer(file, states, zero3) for file, states in zip(optim_files, optim)]
+    shapes = first["param_shapes"]
+    cut = _zero3_slices if zero3 else _zero12_slices
+    by_moment = {}
+    for key in ("exp_avg", "exp_avg_sq"):
+        flats = [[_group_state(file, state, group)[key].detach().reshape(-1) for group in range(len(state["param_groups"]))]
+                 for file, state in zip(optim_files, inner)]
+        by_moment[key] = cut(optim_files[0], shapes, flats)
+    groups = inner[0]["param_groups"]
+    if len(groups) != len(shapes):
+        raise CheckpointError(f"{optim_files[0]}: {len(groups)} optimizer param groups for {len(shapes)} param_shapes groups")
+    hyper = {}
+    for group, (settings, names) in enumerate(zip(groups, shapes)):
+        step = _group_state(optim_files[0], inner[0], group).get("step", 0)
+        for name in names:
+            hyper[name] = {**{k: v for k, v in settings.items() if k != "params"}, "step": int(step)}
+    moments = {name: (shape, lambda m=read_m, v=by_moment["exp_avg_sq"][name][1]: (m(), v()))
+               for name, (shape, read_m) in by_moment["exp_avg"].items()}
+    return moments, hyper
+
+
+def _inner_optimizer(file: Path, states: dict, zero3: bool) -> dict:
+    inner = states.get("optimizer_state_dict" if zero3 else "base_optimizer_state")
+    if not isinstance(inner, dict) or "state" not in inner or "param_groups" not in inner:
+        raise CheckpointError(f"{file}: no Adam state (optimizer_state_dict has no base optimizer state and param groups)")
+    return inner
+
+
+def _group_state(file: Path, inner: dict, group: int) -> dict:
+    state = inner["state"].get(group)
+    if not isinstance(state, dict) or not {"exp_avg", "exp_avg_sq"} <= state.keys():
+        raise CheckpointError(f"{file}: parameter group {group} has no exp_avg / exp_avg_sq (not Adam, or no step taken)")
+    return state
+
+
 def _stored(path: Path, file: Path, first: dict, module: dict[str, torch.Tensor], tied: dict[str, str]) -> Checkpoint:
     """ZeRO-1/2: the `module` weights as stored (bf16/fp16), checked against `param_shapes`."""
     for shapes in first["param_shapes"]:

@@ -18,7 +18,7 @@ MODEL_PREFIX = "model."
 
 def strip_wrapper_prefixes(ckpt: Checkpoint) -> None:
     """Strip leading `module.` / `_orig_mod.` (repeatedly, in any order) from every name."""
-    count = rename(ckpt, _without_wrappers)
+    count = rename(ckpt, without_wrappers)
     if count:
         ckpt.notes.append(f"stripped {'/'.join(WRAPPER_PREFIXES)} prefixes from {count} tensor names")
 
@@ -75,7 +75,7 @@ def rename(ckpt: Checkpoint, new_name: Callable[[str], str]) -> int:
     return count
 
 
-def _without_wrappers(name: str) -> str:
+def without_wrappers(name: str) -> str:
     while name.startswith(WRAPPER_PREFIXES):
         name = name.split(".", 1)[1]
     return name

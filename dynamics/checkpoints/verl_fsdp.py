@@ -25,6 +25,7 @@ from dynamics.checkpoints.torch_files import load_weights_only
 from dynamics.errors import CheckpointError
 
 RANK_FILE = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
+OPTIM_FILE = re.compile(r"^optim_world_size_(\d+)_rank_(\d+)\.pt$")
 DEFAULT_COMPONENT = "actor"
 
 
@@ -66,10 +67,78 @@ class _Layout:
 
 def open_verl_shards(path: Path, files: Sequence[Path]) -> Checkpoint:
     """The full tensors of the DTensor shards in `files` (rank order), each rebuilt on `read`."""
-    import torch.distributed.tensor
+    import torch.distributed.tensor  # noqa: F401  (DTensor must be importable before the files are loaded)
+
+    return assemble_shards(path, files, [_state_dict(file) for file in files])
+
+
+def open_verl_moments(folder: Path) -> tuple[Checkpoint, Checkpoint, dict, int]:
+    """Adam's moments of the verl FSDP component folder `folder`: (exp_avg, exp_avg_sq) as Checkpoints
+    of full tensors rebuilt like the weights, the param group's settings and the steps taken.
+
+    `optim_world_size_W_rank_R.pt` is each rank's `optimizer.state_dict()`: parameter index -> DTensor
+    moments. verl gives AdamW `module.parameters()` in one group, so index i is the i-th parameter of
+    the model shard's state dict in its saved order, tied aliases (one storage) counted once; every
+    moment's global shape is checked against that parameter's.
+    """
+    import torch.distributed.tensor  # noqa: F401
+
+    weights = rank_files(folder)
+    optim = optim_files(folder)
+    if weights is None or optim is None or len(weights) != len(optim):
+        raise CheckpointError(f"{folder}: needs model_world_size_W_rank_R.pt and optim_world_size_W_rank_R.pt "
+                              "of the same world size")
+    model = load_weights_only(weights[0])
+    names = _parameter_names(model)
+    states = [load_weights_only(file) for file in optim]
+    groups = states[0].get("param_groups") if isinstance(states[0], dict) else None
+    if not isinstance(groups, list) or len(groups) != 1 or len(groups[0]["params"]) != len(names):
+        count = [len(g["params"]) for g in groups] if isinstance(groups, list) else "no"
+        raise CheckpointError(f"{optim[0]}: param groups of {count} parameters; expected one group of the "
+                              f"{len(names)} parameters of {weights[0].name}")
+    indices = groups[0]["params"]
+    moments = []
+    for key in ("exp_avg", "exp_avg_sq"):
+        pieces = []
+        for file, state in zip(optim, states):
+            entries = {name: state["state"].get(index, {}).get(key) for name, index in zip(names, indices)}
+            pieces.append({name: t for name, t in entries.items() if t is not None})
+        for name, t in pieces[0].items():
+            if tuple(t.shape) != tuple(model[name].shape):
+                raise CheckpointError(f"{optim[0]}: tensor {name}: {key} of shape {list(t.shape)}, the weight is "
+                                      f"{list(model[name].shape)} (parameter order differs)")
+        moments.append(assemble_shards(folder, optim, pieces))
+    step = next(iter(states[0]["state"].values()), {}).get("step", 0)
+    return moments[0], moments[1], {k: v for k, v in groups[0].items() if k != "params"}, int(step)
+
+
+
+def optim_files(folder: Path) -> tuple[Path, ...] | None:
+    by_rank = {int(m[2]): f for f in folder.iterdir() if (m := OPTIM_FILE.match(f.name))}
+    if not by_rank or sorted(by_rank) != list(range(len(by_rank))):
+        return None
+    return tuple(by_rank[r] for r in range(len(by_rank)))
+
+
+def _parameter_names(model: dict) -> list[str]:
+    """State-dict names in saved order, an alias of an earlier tensor's storage left out."""
     from torch.distributed.tensor import DTensor
 
-    states = [_state_dict(file) for file in files]
+    seen, names = set(), []
+    for name, t in model.items():
+        local = t._local_tensor if isinstance(t, DTensor) else t
+        key = (local.untyped_storage().data_ptr(), local.storage_offset(), tuple(t.shape))
+        if local.numel() == 0 or key not in seen:
+            seen.add(key)
+            names.append(name)
+    return names
+
+
+def assemble_shards(path: Path, files: Sequence[Path], states: list[dict[str, torch.Tensor]]) -> Checkpoint:
+    """A Checkpoint of full tensors from per-rank dicts name -> DTensor piece (or a plain tensor, taken
+    from rank 0), every piece checked against its layout."""
+    from torch.distributed.tensor import DTensor
+
     names = list(states[0])
     for file, state in zip(files[1:], states[1:]):
         if set(state) != set(names):

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dynamics.cli import demo, diff, extract_lora, lab, overlap, paper_metrics, probe, report, series
+from dynamics.cli import demo, diff, extract_lora, lab, optimizer, overlap, paper_metrics, probe, report, series
 from dynamics.errors import DynamicsError
 
-COMMANDS = (diff, overlap, extract_lora, paper_metrics, report, series, probe, lab, demo)
+COMMANDS = (diff, overlap, extract_lora, paper_metrics, optimizer, report, series, probe, lab, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,8 @@ def add_parser(sub: Subparsers) -> None:
     r = reports.choices["three-gate"]
     r.add_argument("--kl", type=Path, help="Gate I: dynamics.kl/1 JSON of the same pair (probe kl --json)")
     r.add_argument("--fisher", type=Path, help="Gate II: dynamics.fisher/1 JSON of the same pair (probe fisher --json)")
+    r.add_argument("--optimizer", type=Path,
+                   help="Gates II and III: dynamics.optimizer/1 JSON of the same pair (dynamics optimizer --json)")
 
     r = reports.add_parser("compare", parents=[common], help="runs by reward: parameter metrics against behavior shifts")
     r.add_argument("inputs", nargs="*", help="run folders (run.json) or lab folders (manifest.json)")
@@ -54,6 +56,7 @@ def run_sparsity(args: argparse.Namespace) -> None:
 
 
 def run_three_gate(args: argparse.Namespace) -> None:
+    from dynamics.optimizer_analysis import OptimizerResult
     from probes.fisher import FisherResult
     from probes.kl import KLResult
     from reports.three_gate import render_three_gate_report
@@ -61,7 +64,8 @@ def run_three_gate(args: argparse.Namespace) -> None:
     source = _diff_source(args, geometry=True)
     kl = KLResult.read_json(args.kl) if args.kl else None
     fisher = FisherResult.read_json(args.fisher) if args.fisher else None
-    wrote(render_three_gate_report(source, args.out, kl=kl, fisher=fisher))
+    optimizer = OptimizerResult.read_json(args.optimizer) if args.optimizer else None
+    wrote(render_three_gate_report(source, args.out, kl=kl, fisher=fisher, optimizer=optimizer))
 
 
 def run_compare(args: argparse.Namespace) -> None:

@@ -20,17 +20,20 @@ def add_parser(sub: Subparsers) -> None:
     add_weights_choice(p)
     p.add_argument("--kl", action="append", default=[], metavar="STEP=FILE",
                    help="dynamics.kl/1 file of one step (repeat; default: OUT/kl/step_N.json where present)")
+    p.add_argument("--optimizer", action="store_true",
+                   help="also read each step's optimizer state: Adam's v curvature, momentum, bf16 flips per step")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
     from dynamics.series import parse_step_file, series
+    from probes.parameter_order import adam_state_beside
     from reports.series import render_series_report
 
     kl = dict(parse_step_file(text) for text in args.kl)
     result = series(args.run_dir, base=args.base, out=args.out, geometry=geometry_options(args),
                     device=args.device, kl=kl, progress=not args.quiet, component=args.component,
-                    masters=args.masters)
+                    masters=args.masters, optimizer=adam_state_beside if args.optimizer else None)
     out = Path(result.out_dir)
     print(f"{len(result.steps)} checkpoints of {result.run_dir} against {result.base}: "
           f"{result.diffs_computed} diffs computed, {result.diffs_cached} reused from {out / 'cache'}")
