@@ -1,13 +1,17 @@
 """The magnitude-stratified chance of the Gate II mask overlaps: hand-built cases first, then float64."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from dynamics import geometry
+from dynamics.element_stats import ElementStats
 from dynamics.geometry import GEOMETRY_MASK_PERCENTS, geometry_stats, stratified_chance
+from dynamics.metrics import METRICS, matrix_metrics
+from dynamics.result import TensorRecord
 
 SMALL, LARGE = 40, 60  # elements of |W0| in [2^-8, 2^-7) and in [1, 2): two exponent buckets
 
@@ -152,3 +156,45 @@ def test_stratified_chance_does_not_depend_on_row_blocks(monkeypatch):
     blocked = geometry_stats(w0, w1, k=8, exact=True)
     assert blocked.low_magnitude_mask_stratified_chance == whole.low_magnitude_mask_stratified_chance
     assert blocked.principal_mask_stratified_chance == whole.principal_mask_stratified_chance
+
+
+# --------------------------------------------------------------------------- registered group metrics
+
+
+def _record(name: str, geometry_stats_, changed: int) -> TensorRecord:
+    stats = replace(ElementStats.zero(), numel=100, changed=changed)
+    return TensorRecord(name, 0, "q", (10, 10), "float32", stats, geometry_stats_)
+
+
+def test_registered_overlaps_pool_changed_elements_and_divide_by_the_stratified_chance():
+    # Matrix A: the 40 small weights flip (overlap 0.25, stratified 0.25 at p = 10%); matrix B: the 10
+    # smallest flip (overlap 1.0, stratified 0.25). Pooled over 50 changed elements:
+    # overlap (0.25·40 + 1·10)/50 = 0.4, stratified (0.25·40 + 0.25·10)/50 = 0.25, ratio 1.6.
+    w0 = _two_bucket_w0()
+    all_small, smallest = torch.zeros(100, dtype=torch.bool), torch.zeros(100, dtype=torch.bool)
+    all_small[:40], smallest[:10] = True, True
+    records = [_record(name, geometry_stats(w0, w0 + m.view(10, 10) * 2.0**-12, m.view(10, 10), k=10, exact=True),
+                       int(m.sum())) for name, m in (("a", all_small), ("b", smallest))]
+    values = matrix_metrics(records)
+    assert values["low_magnitude_overlap"] == pytest.approx(0.4)
+    assert values["low_magnitude_stratified_chance"] == pytest.approx(0.25)
+    assert values["low_magnitude_overlap_over_stratified"] == pytest.approx(1.6)
+    assert values["principal_overlap"] == 0.0 and values["principal_stratified_chance"] == 0.0
+    assert values["principal_overlap_over_stratified"] is None  # 0 / 0: nothing to compare
+
+
+def test_results_without_the_stratified_field_give_none():
+    w0 = _two_bucket_w0()
+    old = replace(geometry_stats(w0, w0 + 2.0**-12, k=4, exact=True), low_magnitude_mask_stratified_chance={})
+    assert matrix_metrics([_record("a", old, 100)])["low_magnitude_stratified_chance"] is None
+
+
+def test_median_ratio_counts_each_matrix_once():
+    base = geometry_stats(_two_bucket_w0(), _two_bucket_w0() + 2.0**-12, k=4, exact=True)
+    # baseline k²/(mn) = 16/100; ρ_k = 0.16·(1, 3, 10) → ratios 1, 3, 10 whatever the Δ energies
+    records = [_record(str(i), replace(base, principal_energy=0.16 * r, principal_energy_baseline=0.16), 1)
+               for i, r in enumerate((10, 1, 3))]
+    assert METRICS["principal_energy_ratio_median"].fn(records) == pytest.approx(3.0)
+    fourth = _record("4", replace(base, principal_energy=0.16 * 5, principal_energy_baseline=0.16), 1)
+    assert METRICS["principal_energy_ratio_median"].fn([*records, fourth]) == pytest.approx(4.0)
+    assert METRICS["principal_energy_ratio_median"].fn([]) is None
