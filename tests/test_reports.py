@@ -30,6 +30,7 @@ from reports.readings import (
     SPARSE_BITWISE,
     fisher_reading,
     kl_reading,
+    mask_overlap_reading,
     precision_reading,
     principal_energy_reading,
 )
@@ -341,3 +342,29 @@ def test_report_command_passes_kl_and_fisher_to_the_three_gate_report(docs, tmp_
         main(["report", "sparsity", str(tmp_path / "diff.json"), "-o", str(tmp_path / "s"),
               "--kl", str(tmp_path / "kl.json")])
     assert refused.value.code == 2 and "unrecognized arguments: --kl" in capsys.readouterr().err
+
+
+def test_three_gate_gate_two_says_precision_null_and_tensors_with_fp32_masters_beside(docs, results, tmp_path):
+    markdown = render_three_gate_report(results["bf16"], tmp_path, masters=results["fp32"]).with_suffix(".md").read_text()
+    gate = markdown.split("## Gate II — update geometry")[1].split("## Gate III")[0]
+    assert "over the transformer blocks' 6 matrices" in gate and "embeddings (1), lm_head (1) are shown apart" in gate
+    assert "from the stored bf16 weights" in gate and "magnitude-stratified chance" in gate
+    assert "overlap (fp32 masters' update mask)" in gate
+    blocks = docs["bf16"]["geometry"]["by_scope"]["transformer blocks"]
+    assert format_value("low_magnitude_overlap_over_stratified", blocks["low_magnitude_overlap_over_stratified"]) in gate
+    assert METRICS["principal_energy_ratio_median"].label in gate
+    rows = list(csv.DictReader((tmp_path / "data" / "three-gate-mask-overlap.csv").open()))
+    assert [r["p_percent"] for r in rows] == ["1", "5", "10", "20"]
+    assert all(r["low_magnitude_mask_overlap_fp32_masters"] for r in rows)
+
+
+@pytest.mark.parametrize("overlap, stratified, words", [
+    (0.10, 0.10, "at chance"),
+    (0.99, 0.95, "the departure from chance is precision"),
+    (0.99, 0.30, "above what precision explains"),
+    (0.02, 0.30, "below what precision explains"),
+])
+def test_mask_overlap_reading_names_the_effect_left_after_precision(overlap, stratified, words):
+    reading = mask_overlap_reading("low-|W0| mask", overlap, 0.1, stratified, "bf16", fp32_overlap=0.097)
+    assert words in reading and reading.endswith("the fp32 masters' update mask overlaps it 0.097.")
+    assert mask_overlap_reading("m", None, 0.1, None, "bf16") == "m: no changed elements."
