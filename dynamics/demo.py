@@ -80,11 +80,12 @@ def behavior_lines(behavior: BehaviorResult) -> list[str]:
 
 
 def render_demo_reports(diffs: dict[str, DiffResult], comparison: Comparison, out: Path) -> dict[str, Path]:
-    """The sparsity and three-gate reports of the true-reward GRPO run and of the SFT run (keys of `diffs`),
-    and the comparison of every run (series against step, behavior shifts against parameter metrics)."""
+    """The sparsity and three-gate reports of the true-reward GRPO run and of the SFT run (keys of `diffs`;
+    the three-gate report shows the run's fp32 masters' mask overlaps beside, key "<run> (fp32)"), and the comparison of every run (series against step, behavior shifts against parameter metrics)."""
     reports = {}
     for run in REPORT_RUNS:
         reports[f"sparsity {run}"] = render_sparsity_report(diffs[run], out / f"sparsity-{run}")
-        reports[f"three-gate {run}"] = render_three_gate_report(diffs[run], out / f"three-gate-{run}")
+        reports[f"three-gate {run}"] = render_three_gate_report(diffs[run], out / f"three-gate-{run}",
+                                                                masters=diffs.get(f"{run} (fp32)"))
     reports["compare (all runs)"] = render_compare_report(comparison, out / "compare")
     return reports

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from dynamics.errors import DynamicsError
+from dynamics.errors import DynamicsError, OutputError
 
 DIFF_SCHEMA = "dynamics.diff/1"
 SERIES_SCHEMA = "dynamics.series/1"
@@ -28,17 +28,40 @@ PAPER_METRICS_SCHEMA = "dynamics.paper-metrics/1"
 OPTIMIZER_SCHEMA = "dynamics.optimizer/1"
 
 
+def check_output(path: str | Path, folder: bool = False) -> None:
+    """Raise OutputError naming `path` unless a file (or, with `folder`, a folder) can be written there.
+
+    Writable means: `path` is not an existing folder (a file) or is not an existing file (a folder), and
+    its nearest existing ancestor folder grants write access (missing folders are created on writing).
+    Callers check before any work, so a bad location costs one line, not a finished diff.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise OutputError(f"{path}: cannot write: {'not a folder' if folder else 'is a folder'}")
+    ancestor = path if folder and path.exists() else path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{path}: cannot write: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write: no write permission in {ancestor}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+    An OSError creating the folder, writing or renaming becomes one OutputError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def finite_json(value):

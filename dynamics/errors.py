@@ -15,3 +15,7 @@ class PairingError(DynamicsError):
 
 class MaskError(DynamicsError):
     """A mask is missing, does not fit its tensor, or a selection / masked-training request is invalid."""
+
+
+class OutputError(DynamicsError):
+    """An output location cannot be written (message names the path); checked before the work starts."""

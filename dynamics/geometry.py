@@ -6,7 +6,8 @@ The top-k singular triplets come from `randomized_svd` (a blocked subspace itera
 a stack of same-shaped matrices) or, with `exact=True`, from torch.linalg.svd. W0 and W1 share one
 random sketch, so their approximate subspaces move continuously with Δ and W1 = W0 gives equal ones.
 Memory: float32 copies of W0, W1 and Δ plus the update mask, O((m + n)·(k + p)) for the subspaces,
-and one row block (BLOCK_ELEMENTS) of the rank-k reconstruction at a time; the small l × l and k × k
+and one row block (BLOCK_ELEMENTS) of the rank-k reconstruction at a time (three passes per mask: two of
+radix select, one counting the mask per exponent bucket of |W0| for the stratified chance); the small l × l and k × k
 decompositions run on the host. (Measured on an H100: a 152064 × 3584 bf16 pair peaks at 12.8 GiB.)
 
 Degenerate cases give None, never NaN: Δ = 0 (energies, update ranks; angles are 0), W = 0 (no
@@ -27,11 +28,11 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from dynamics.kernels.elementwise_cpu import SUPPORTED_DTYPES
+from dynamics.kernels.elementwise_cpu import BITS_VIEW, SUPPORTED_DTYPES
 from dynamics.masks import update_mask
 from dynamics.svd import (
     OVERSAMPLE,
@@ -73,6 +74,11 @@ class GeometryStats:
     principal_energy_left / _right: ‖U0_kᵀ Δ‖_F² / ‖Δ‖_F² (baseline k/m), ‖Δ V0_k‖_F² / ‖Δ‖_F² (k/n).
     principal_mask_overlap[p]: |update ∩ top-p% of |U0_k Σ0_k V0_kᵀ|| / |update|, chance level p/100.
     low_magnitude_mask_overlap[p]: the same with the bottom-p% of |W0|.
+    principal_mask_stratified_chance[p], low_magnitude_mask_stratified_chance[p]: the overlap expected if
+        the observed flips were placed at random within each exponent bucket B_e of |W0| (see
+        `stratified_chance`): Σ_e f_e·|M ∩ B_e| / Σ_e f_e·|B_e|, f_e = |update ∩ B_e| / |B_e|. A 16-bit
+        weight flips only when |Δ| > ½·ULP(W0) and the ULP is constant within a bucket, so this is the
+        null that precision alone sets. Empty ({}) in results written before it existed.
     update_stable_rank: ‖Δ‖_F² / σ_1(Δ)².
     update_effective_rank: exp(H(σ/Σσ)) over the top R = min(max(256, k), m, n) singular values of Δ
         (the whole spectrum when min(m, n) ≤ R, a lower bound of the full-spectrum value otherwise).
@@ -108,6 +114,8 @@ class GeometryStats:
     singular_values_a: tuple[float, ...]
     singular_values_b: tuple[float, ...]
     singular_values_delta: tuple[float, ...]
+    principal_mask_stratified_chance: dict[str, float | None] = field(default_factory=dict)
+    low_magnitude_mask_stratified_chance: dict[str, float | None] = field(default_factory=dict)
 
 
 def skip_reason(shape: tuple[int, ...], dtype: torch.dtype) -> str | None:
@@ -149,25 +157,71 @@ class _AbsRows:
         return self.w[rows].abs()
 
 
-def _mask_overlap_count(
-    values: Callable[[slice], torch.Tensor], update: torch.Tensor, largest: bool
-) -> list[float]:
-    """For p in GEOMETRY_MASK_PERCENTS: Σ over update elements of their share in the top / bottom p% of `values`.
+# Exponent field of each stored dtype: (bits per mantissa, exponent mask after the shift).
+_EXPONENT_FIELD = {torch.float32: (23, 0xFF), torch.bfloat16: (7, 0xFF), torch.float16: (10, 0x1F)}
+EXPONENT_BUCKETS = 256  # enough for the widest exponent field above (8 bits)
 
-    The mask holds exactly s = p·N/100 elements: all those strictly beyond the threshold value t (the
-    ⌈s⌉-th value in mask order) plus the fraction (s − #beyond)/#equal of every element equal to t, so
-    ties are split evenly (the expectation of a random tie-break) and the chance level is exactly p/100.
-    `values(rows)` gives a (rows, n) block of non-negative float32 values; it is called twice per block
-    (radix select on the float bits: 11 high bits, then the 20 low bits inside the threshold's high bin),
-    so memory stays at one block. The first histogram (2·2^11 counters) fits a GPU's shared memory.
-    """
-    rows, cols = update.shape
-    numel = rows * cols
-    blocks = _row_blocks(rows, cols)
+
+class _ExponentRows:
+    """Row blocks of the biased exponent of |W| in W's own dtype (0 = zero and subnormals): the buckets
+    B_e within which the ULP, and so the smallest |Δ| that flips a stored weight, is constant."""
+
+    def __init__(self, w: torch.Tensor):
+        self.w = w
+        self.shift, self.mask = _EXPONENT_FIELD[w.dtype]
+
+    def __call__(self, rows: slice) -> torch.Tensor:
+        bits = self.w[rows].view(BITS_VIEW[self.w.dtype]).to(torch.int32)
+        return ((bits >> self.shift) & self.mask).to(torch.int64)
+
+
+@dataclass(frozen=True)
+class _Threshold:
+    """The mask of one p in mask order: `size` = p·N/100 elements, all with key < `key` plus a share of
+    those with key == `key`; `beyond`/`beyond_update` count key < `key` (all / changed), `equal`/`equal_update`
+    key == `key`."""
+
+    size: float
+    key: int
+    beyond: int
+    beyond_update: int
+    equal: int
+    equal_update: int
+
+    @property
+    def tie_share(self) -> float:
+        """Share of the elements at the threshold value that the mask holds (ties split evenly)."""
+        return (self.size - self.beyond) / self.equal
+
+    @property
+    def overlap_count(self) -> float:
+        """|update ∩ mask|, ties counted by their share."""
+        return self.beyond_update + self.equal_update * self.tie_share
+
+
+def _mask_keys(values: Callable[[slice], torch.Tensor], largest: bool) -> Callable[[slice], torch.Tensor]:
+    """Row blocks of int32 keys in mask order (the mask is the smallest keys)."""
 
     def keys_of(block: slice) -> torch.Tensor:
         bits = values(block).view(torch.int32)  # non-negative floats: bit order = value order
         return (0x7FFFFFFF - bits) if largest else bits
+
+    return keys_of
+
+
+def _mask_thresholds(keys_of: Callable[[slice], torch.Tensor], update: torch.Tensor) -> list[_Threshold]:
+    """For p in GEOMETRY_MASK_PERCENTS, the top / bottom p% mask of the keys as a `_Threshold`.
+
+    The mask holds exactly s = p·N/100 elements: all those strictly beyond the threshold value t (the
+    ⌈s⌉-th value in mask order) plus the fraction (s − #beyond)/#equal of every element equal to t, so
+    ties are split evenly (the expectation of a random tie-break) and the chance level is exactly p/100.
+    Radix select on the float bits: 11 high bits, then the 20 low bits inside the threshold's high bin;
+    `keys_of(rows)` is called twice per block, so memory stays at one block. The first histogram
+    (2·2^11 counters) fits a GPU's shared memory.
+    """
+    rows, cols = update.shape
+    numel = rows * cols
+    blocks = _row_blocks(rows, cols)
 
     # Counters interleave (all, update): index 2·bin + changed.
     high = torch.zeros(2 * _HIGH_BINS, dtype=torch.int64, device=update.device)
@@ -198,7 +252,7 @@ def _mask_overlap_count(
                 found = torch.bincount(selected)
                 counts[: found.numel()] += found
 
-    overlaps = []
+    thresholds = []
     for size, target, bin_, (before_all, before_update) in plans:
         unchanged, changed = low[bin_].view(2, 1 << _LOW_BITS)
         running = (unchanged + changed).cumsum(0)
@@ -210,10 +264,62 @@ def _mask_overlap_count(
             (unchanged + changed).index_select(0, at),
             changed.index_select(0, at),
         ]).tolist()
-        before_all += below_all
-        before_update += below_update
-        overlaps.append(before_update + equal_update * (size - before_all) / equal_all)
-    return overlaps
+        thresholds.append(_Threshold(size, (bin_ << _LOW_BITS) | int(at.item()), int(before_all + below_all),
+                                     int(before_update + below_update), int(equal_all), int(equal_update)))
+    return thresholds
+
+
+def _bucket_totals(buckets: Callable[[slice], torch.Tensor], update: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Exact per-bucket counts (|B_e|, |update ∩ B_e|) over row blocks, e < EXPONENT_BUCKETS."""
+    counts = torch.zeros(2 * EXPONENT_BUCKETS, dtype=torch.int64, device=update.device)
+    for block in _row_blocks(*update.shape):
+        counts += torch.bincount(((buckets(block) << 1) | update[block]).reshape(-1), minlength=2 * EXPONENT_BUCKETS)
+    counts = counts.view(EXPONENT_BUCKETS, 2).cpu()
+    return counts.sum(1).tolist(), counts[:, 1].tolist()
+
+
+def stratified_chance(bucket_all: list[int], bucket_update: list[int], bucket_in_mask: list[float]) -> float | None:
+    """Σ_e f_e·|M ∩ B_e| / Σ_e f_e·|B_e| with f_e = |U ∩ B_e| / |B_e| (the denominator is |U|).
+
+    The expected overlap |U' ∩ M| / |U'| of an update U' that flips, in every bucket B_e, as many
+    elements as U does but picks them uniformly at random inside the bucket. Equals the plain chance
+    p when every bucket flips at the same rate; equals the observed overlap when flips are random
+    within buckets (all of the overlap is precision). None when nothing changed.
+    """
+    changed = sum(bucket_update)
+    if not changed:
+        return None
+    return sum(u / n * m for n, u, m in zip(bucket_all, bucket_update, bucket_in_mask) if n) / changed
+
+
+def _mask_overlap_and_stratified_chance(
+    values: Callable[[slice], torch.Tensor], update: torch.Tensor, largest: bool,
+    buckets: Callable[[slice], torch.Tensor], totals: tuple[list[int], list[int]],
+) -> tuple[list[float], list[float | None]]:
+    """For p in GEOMETRY_MASK_PERCENTS: |update ∩ mask| (ties counted by their share, see
+    `_mask_thresholds`; `values(rows)` gives a (rows, n) block of non-negative float32 values) and the
+    magnitude-stratified chance overlap of that mask (`stratified_chance`).
+
+    After the two radix-select passes a third pass over the same row blocks counts, per exponent
+    bucket B_e, the elements beyond and at the threshold (exact int64 counts); |M ∩ B_e| = beyond_e +
+    tie share·equal_e. Memory: one block plus 3·EXPONENT_BUCKETS counters per p.
+    """
+    keys_of = _mask_keys(values, largest)
+    thresholds = _mask_thresholds(keys_of, update)
+    cutoffs = torch.tensor([t.key for t in thresholds], dtype=torch.int32, device=update.device)
+    # Per p: index bucket + EXPONENT_BUCKETS·state, state 0 beyond the threshold, 1 at it, 2 outside the mask.
+    counts = torch.zeros(len(thresholds), 3 * EXPONENT_BUCKETS, dtype=torch.int64, device=update.device)
+    for block in _row_blocks(*update.shape):
+        keys, exponent = keys_of(block).reshape(-1), buckets(block).reshape(-1)
+        for i in range(len(thresholds)):
+            state = (keys >= cutoffs[i]).to(torch.int64) + (keys > cutoffs[i]).to(torch.int64)
+            counts[i] += torch.bincount(exponent + EXPONENT_BUCKETS * state, minlength=3 * EXPONENT_BUCKETS)
+    counts = counts.view(len(thresholds), 3, EXPONENT_BUCKETS).cpu().tolist()
+    chances = []
+    for t, (beyond, equal, _) in zip(thresholds, counts):
+        in_mask = [b + t.tie_share * e for b, e in zip(beyond, equal)]
+        chances.append(stratified_chance(*totals, in_mask))
+    return [t.overlap_count for t in thresholds], chances
 
 
 # --------------------------------------------------------------------------- geometry
@@ -318,8 +424,11 @@ def _geometry_stack(pairs, k: int, exact: bool, seed: int) -> list[GeometryStats
     scaled_u0 = u0 * s0_live.unsqueeze(1)
     overlaps = []
     for i in range(batch):
-        principal = _mask_overlap_count(_RankKReconstruction(scaled_u0[i], v0[i]), update[i], True)
-        low_magnitude = _mask_overlap_count(_AbsRows(a[i]), update[i], False)
+        buckets = _ExponentRows(pairs[i][0])
+        totals = _bucket_totals(buckets, update[i])
+        principal = _mask_overlap_and_stratified_chance(
+            _RankKReconstruction(scaled_u0[i], v0[i]), update[i], True, buckets, totals)
+        low_magnitude = _mask_overlap_and_stratified_chance(_AbsRows(a[i]), update[i], False, buckets, totals)
         overlaps.append((principal, low_magnitude))
 
     table = torch.stack([c.double().cpu() for c in columns.values()], dim=1)
@@ -362,7 +471,7 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 
 def _assemble(
     row: dict[str, float], shape: tuple[int, int], k: int, kk: int, exact: bool,
-    principal_overlap: list[float], low_overlap: list[float],
+    principal_overlap: tuple[list[float], list[float | None]], low_overlap: tuple[list[float], list[float | None]],
     s0: list[float], s1: list[float], s_delta: list[float],
 ) -> GeometryStats:
     """One matrix's `GeometryStats` from its gathered float64 scalars; applies the None rules."""
@@ -383,6 +492,10 @@ def _assemble(
     def overlaps(counts: list[float], defined: bool) -> dict[str, float | None]:
         changed = row["update_count"]
         return {str(p): _ratio(c, changed) if defined else None for p, c in zip(GEOMETRY_MASK_PERCENTS, counts)}
+
+    def chances(values: list[float | None], defined: bool) -> dict[str, float | None]:
+        return {str(p): None if c is None or not defined else min(max(c, 0.0), 1.0)
+                for p, c in zip(GEOMETRY_MASK_PERCENTS, values)}
 
     angle_max_left, angle_mean_left = angles("left")
     angle_max_right, angle_mean_right = angles("right")
@@ -409,12 +522,14 @@ def _assemble(
         principal_energy_left_baseline=r0 / m,
         principal_energy_right=_ratio(row["energy_right"], nd) if has_subspace else None,
         principal_energy_right_baseline=r0 / n,
-        principal_mask_overlap=overlaps(principal_overlap, r0 > 0),
-        low_magnitude_mask_overlap=overlaps(low_overlap, True),
+        principal_mask_overlap=overlaps(principal_overlap[0], r0 > 0),
+        low_magnitude_mask_overlap=overlaps(low_overlap[0], True),
         update_stable_rank=None if same else nd / s_delta[0] ** 2,
         update_effective_rank=None if same else math.exp(entropy),
         rank_energy={str(r): _ratio(sum(x * x for x in s_delta[: min(r, m, n)]), nd) for r in RANK_ENERGY_RANKS},
         singular_values_a=tuple(s0),
         singular_values_b=tuple(s1),
         singular_values_delta=tuple(s_delta[:kk]),
+        principal_mask_stratified_chance=chances(principal_overlap[1], r0 > 0),
+        low_magnitude_mask_stratified_chance=chances(low_overlap[1], True),
     )

@@ -233,6 +233,80 @@ def principal_energy_ratio(records: Sequence[TensorRecord]) -> float | None:
     return energy / baseline if energy is not None and baseline else None
 
 
+@register("matrix", "ρ_k / random baseline (median over matrices)", ".2f", headline=True)
+def principal_energy_ratio_median(records: Sequence[TensorRecord]) -> float | None:
+    """Median over matrices of ρ_k(t) / (k²/(m_t n_t)), each matrix counting once whatever its ‖Δ_t‖²
+    (the Δ-weighted `principal_energy_ratio` follows the few matrices that carry most energy). Even
+    counts take the mean of the two middle values; None when no matrix has a defined ρ_k."""
+    ratios = sorted(r.geometry.principal_energy / r.geometry.principal_energy_baseline for r in records
+                    if r.geometry.principal_energy is not None and r.geometry.principal_energy_baseline)
+    if not ratios:
+        return None
+    middle = len(ratios) // 2
+    return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+
+
+# Gate II mask overlaps are registered at one mask size p; the per-p values live in `GeometryStats`.
+MASK_PERCENT: str = "10"
+
+
+def _update_weighted(records: Sequence[TensorRecord], field: str) -> float | None:
+    """Σ_t x_t·|U_t| / Σ_t |U_t| of the per-matrix share x_t = `field`[MASK_PERCENT], |U_t| the matrix's
+    changed elements: the group's pooled share (each changed element counts once). Matrices where x_t
+    is undefined (no update, no subspace, results without the field) are left out."""
+    pooled = [(value, r.stats.changed) for r in records
+              if (value := getattr(r.geometry, field).get(MASK_PERCENT)) is not None]
+    total = sum(changed for _, changed in pooled)
+    return sum(value * changed for value, changed in pooled) / total if total else None
+
+
+def _over(numerator: float | None, denominator: float | None) -> float | None:
+    return None if numerator is None or not denominator else numerator / denominator
+
+
+@register("matrix", f"low-|W0| overlap (p={MASK_PERCENT}%, update-weighted)", ".3f")
+def low_magnitude_overlap(records: Sequence[TensorRecord]) -> float | None:
+    """Σ_t |U_t ∩ M_low,t| / Σ_t |U_t|: share of the group's changed elements inside each matrix's
+    bottom-p% |W0| mask (chance p/100)."""
+    return _update_weighted(records, "low_magnitude_mask_overlap")
+
+
+@register("matrix", f"low-|W0| stratified chance (p={MASK_PERCENT}%, update-weighted)", ".3f")
+def low_magnitude_stratified_chance(records: Sequence[TensorRecord]) -> float | None:
+    """Σ_t c_t·|U_t| / Σ_t |U_t|, c_t the matrix's magnitude-stratified chance (`geometry.stratified_chance`):
+    the low-|W0| overlap expected if each matrix's flips were placed at random within each exponent bucket
+    of |W0|, i.e. what precision alone explains."""
+    return _update_weighted(records, "low_magnitude_mask_stratified_chance")
+
+
+@register("matrix", f"low-|W0| overlap / stratified chance (p={MASK_PERCENT}%)", ".2f", headline=True)
+def low_magnitude_overlap_over_stratified(records: Sequence[TensorRecord]) -> float | None:
+    """low_magnitude_overlap / low_magnitude_stratified_chance: 1 when precision explains the whole
+    overlap, > 1 when the update prefers small weights beyond what rounding does; None when either is
+    undefined or the stratified chance is 0."""
+    return _over(low_magnitude_overlap(records), low_magnitude_stratified_chance(records))
+
+
+@register("matrix", f"principal overlap (p={MASK_PERCENT}%, update-weighted)", ".3f")
+def principal_overlap(records: Sequence[TensorRecord]) -> float | None:
+    """Σ_t |U_t ∩ M_princ,t| / Σ_t |U_t|: share of the group's changed elements inside each matrix's top-p%
+    mask of |U0_k Σ0_k V0_kᵀ| (chance p/100)."""
+    return _update_weighted(records, "principal_mask_overlap")
+
+
+@register("matrix", f"principal stratified chance (p={MASK_PERCENT}%, update-weighted)", ".3f")
+def principal_stratified_chance(records: Sequence[TensorRecord]) -> float | None:
+    """Σ_t c_t·|U_t| / Σ_t |U_t| for the principal-weight mask (see `low_magnitude_stratified_chance`)."""
+    return _update_weighted(records, "principal_mask_stratified_chance")
+
+
+@register("matrix", f"principal overlap / stratified chance (p={MASK_PERCENT}%)", ".2f", headline=True)
+def principal_overlap_over_stratified(records: Sequence[TensorRecord]) -> float | None:
+    """principal_overlap / principal_stratified_chance: < 1 when the update avoids principal weights beyond
+    what precision explains; None when either is undefined or the stratified chance is 0."""
+    return _over(principal_overlap(records), principal_stratified_chance(records))
+
+
 # --- overlap metrics (consistency of R runs' update masks) -----------------------------------------
 # Run pairs are keyed "i-j" (i < j, run indices in the order given); p_r = |M_r| / n.
 

@@ -20,6 +20,9 @@ from dynamics.naming import MODULE_KINDS
 from dynamics.pairing import Unpaired
 
 SCHEMA = DIFF_SCHEMA
+# Headline groups of matrices: the papers report the transformer blocks and show embeddings and lm_head
+# apart (a vocabulary-wide lm_head can carry most of a model's update energy on its own).
+BLOCKS, EMBEDDINGS, LM_HEAD = "transformer blocks", "embeddings", "lm_head"
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,16 @@ class DiffResult:
             groups[r.module_kind].append(r)
         return {kind: groups[kind] for kind in MODULE_KINDS if kind in groups}
 
+    def scope_groups(self) -> dict[str, list[TensorRecord]]:
+        """Headline scopes, each only when it holds a tensor: BLOCKS (tensors with a layer index, other than
+        embeddings and lm_head), EMBEDDINGS (module kind embed) and LM_HEAD."""
+        groups = {
+            BLOCKS: [r for r in self.records if r.layer is not None and r.module_kind not in ("embed", "lm_head")],
+            EMBEDDINGS: [r for r in self.records if r.module_kind == "embed"],
+            LM_HEAD: [r for r in self.records if r.module_kind == "lm_head"],
+        }
+        return {scope: records for scope, records in groups.items() if records}
+
     def by_layer(self) -> dict[int, ElementStats]:
         return {layer: aggregate(rs) for layer, rs in self.layer_groups().items()}
 
@@ -232,6 +245,7 @@ class DiffResult:
             return {}
         return {"geometry": {
             "summary": geometry_means(self.records),
+            "by_scope": {k: geometry_means(rs) for k, rs in self.scope_groups().items()},
             "by_layer": {str(k): geometry_means(rs) for k, rs in self.layer_groups().items()},
             "by_module_kind": {k: geometry_means(rs) for k, rs in self.module_kind_groups().items()},
             "skipped": self.geometry_skipped,

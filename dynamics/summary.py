@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dynamics.element_stats import ElementStats, ulp_bucket_labels
 from dynamics.metrics import METRICS, derived_metrics, format_value, metrics_needing
-from dynamics.result import DiffResult, geometry_means
+from dynamics.result import BLOCKS, DiffResult, geometry_means
 
 TOP_TENSORS = 10
 _BAR_WIDTH = 30
@@ -85,21 +85,26 @@ def format_summary(result: DiffResult) -> str:
 
 
 def _geometry_lines(result: DiffResult) -> list[str]:
-    """Per-module-kind means of the matrix pass: energy in W0's top-k block vs a random direction's."""
-    groups = {kind: geometry_means(rs) for kind, rs in result.module_kind_groups().items()}
-    groups = {kind: g for kind, g in groups.items() if g is not None}
-    if not groups and not result.geometry_skipped:
+    """The matrix pass's headline metrics over the transformer blocks (embeddings and lm_head apart), then
+    per module kind."""
+    scopes = {scope: g for scope, rs in result.scope_groups().items() if (g := geometry_means(rs)) is not None}
+    kinds = {kind: g for kind, rs in result.module_kind_groups().items() if (g := geometry_means(rs)) is not None}
+    if not kinds and not result.geometry_skipped:
         return []
-    lines = ["", ("Update geometry (ρ_k = share of ‖Δ‖² in W0's top-k block; registered matrix metrics "
-                  "Δ-weighted, the rest means over matrices):")]
-    matrix = metrics_needing("matrix")
-    rows = []
-    for kind, g in groups.items():
-        rows.append([kind, str(g["matrices"]), *(format_value(name, g[name]) for name in matrix),
-                     _num(g["principal_angle_max_deg"], ".2f"), _num(g["spectrum_drift_max"], ".2e"),
-                     _num(g["update_stable_rank"], ".1f"), _num(g["rank_energy"].get("16"), ".3f")])
-    lines += _table(["kind", "matrices", *(m.label for m in matrix.values()), "max angle °", "spectrum drift",
-                     "Δ stable rank", "rank-16 energy"], rows)
+    headline = {name: m for name, m in metrics_needing("matrix").items() if m.headline}
+
+    def rows(groups: dict[str, dict]) -> list[list[str]]:
+        return [[label, str(g["matrices"]), *(format_value(name, g[name]) for name in headline),
+                 _num(g["principal_angle_max_deg"], ".2f"), _num(g["spectrum_drift_max"], ".2e"),
+                 _num(g["update_stable_rank"], ".1f"), _num(g["rank_energy"].get("16"), ".3f")] for label, g in groups.items()]
+
+    header = ["matrices", *(m.label for m in headline.values()), "max angle °", "spectrum drift", "Δ stable rank",
+              "rank-16 energy"]
+    lines = ["", ("Update geometry (ρ_k = share of ‖Δ‖² in W0's top-k block; overlaps: changed elements in a "
+                  "mask, against the chance of flips placed at random within each exponent bucket of |W0|; "
+                  "angle, drift, ranks: means over matrices):")]
+    lines += _table(["scope", *header], rows(scopes))
+    lines += ["", *_table(["kind", *header], rows(kinds))]
     if result.geometry_skipped:
         names = ", ".join(f"{s['name']} ({s['reason']})" for s in result.geometry_skipped[:3])
         more = " ..." if len(result.geometry_skipped) > 3 else ""
@@ -123,15 +128,20 @@ def _unpaired_lines(result: DiffResult) -> list[str]:
 
 
 def _geometry_headline(result: DiffResult) -> list[tuple[str, str]]:
-    g = geometry_means(result.records)
+    """Headline matrix metrics over the transformer blocks' matrices (all matrices when the names carry no
+    block index)."""
+    scopes = result.scope_groups()
+    records = scopes.get(BLOCKS, result.records)
+    g = geometry_means(records)
     if g is None:
         return []
-    k = max(r.geometry.k for r in result.records if r.geometry is not None)
-    rows = [(f"{metric.label} (k≤{k})", format_value(name, g[name]))
+    scope = BLOCKS if BLOCKS in scopes else "all matrices"
+    k = max(r.geometry.k for r in records if r.geometry is not None)
+    rows = [(f"{metric.label} ({scope}, k≤{k})", format_value(name, g[name]))
             for name, metric in metrics_needing("matrix").items() if metric.headline]
     return rows + [
-        ("principal angle, max (mean over matrices)", _num(g["principal_angle_max_deg"], ".2f") + "°"),
-        ("Δ stable rank (mean over matrices)", _num(g["update_stable_rank"], ".1f")),
+        (f"principal angle, max (mean over matrices, {scope})", _num(g["principal_angle_max_deg"], ".2f") + "°"),
+        (f"Δ stable rank (mean over matrices, {scope})", _num(g["update_stable_rank"], ".1f")),
     ]
 
 

@@ -224,11 +224,20 @@ def overlap_vs_chance(percents: Sequence[float], curves: dict[str, Sequence[floa
                       xlabel: str = "mask size p (% of elements)",
                       ylabel: str = "changed elements inside the mask (%)",
                       title: str = "update mask overlap vs chance",
-                      chance_label: str = "chance (overlap = p)") -> plt.Figure:
-    """Shares (fractions, drawn in %) against a subset size in %, with the chance line share = size."""
+                      chance_label: str = "chance (overlap = p)",
+                      nulls: dict[str, Sequence[float | None]] | None = None) -> plt.Figure:
+    """Shares (fractions, drawn in %) against a subset size in %, with the chance line share = size.
+
+    `nulls`: further reference curves (e.g. a magnitude-stratified chance), dotted, the i-th in the colour
+    of the i-th curve it belongs to."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for (name, values), marker in zip(curves.items(), ("o", "s", "^", "v")):
-        ax.plot(percents, [np.nan if v is None else 100 * v for v in values], marker=marker, label=name)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (name, values), marker, colour in zip(curves.items(), ("o", "s", "^", "v", "D", "P"), colours):
+        ax.plot(percents, [np.nan if v is None else 100 * v for v in values], marker=marker, label=name,
+                color=colour)
+    for (name, values), colour in zip((nulls or {}).items(), colours):
+        ax.plot(percents, [np.nan if v is None else 100 * v for v in values], linestyle=":", linewidth=1.5,
+                color=colour, label=name)
     ax.plot(percents, percents, color="black", linestyle="--", linewidth=0.8, label=chance_label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

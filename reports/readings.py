@@ -20,6 +20,10 @@ LARGE_UPDATE_NORM = 1e-2   # above: a large update (SFT-like runs at lr ~1e-4 si
 # principal block against the share a random direction would have.
 OFF_PRINCIPAL_RATIO = 0.5  # below: off-principal
 ON_PRINCIPAL_RATIO = 2.0   # above: on-principal; in between: indistinguishable from random
+# Gate II — mask overlaps: overlap over the magnitude-stratified chance (flips placed at random within
+# each exponent bucket of |W0|) within [1/PRECISION_BAND, PRECISION_BAND] means precision explains the
+# overlap; the same band around the plain chance p means "at chance".
+PRECISION_BAND = 1.25
 # Gate II — curvature alignment: share of ‖Δ‖² on the top-q% diagonal-Fisher coordinates of the
 # base over its chance level q/100, read at the smallest q measured.
 FISHER_AVOIDED_RATIO = 0.5  # below: the update avoids high-curvature coordinates
@@ -125,3 +129,45 @@ def precision_reading(bitwise_sparsity: float | None, dtypes: list[str],
 
 def _short(dtype: str) -> str:
     return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}.get(dtype, dtype)
+
+
+def mask_overlap_reading(mask: str, overlap: float | None, chance: float, stratified: float | None,
+                         stored: str, fp32_overlap: float | None = None) -> str:
+    """Gate II masks: the update-weighted `overlap` of the changed elements with `mask`, against the plain
+    `chance` p and the registered magnitude-stratified chance `stratified` (flips placed at random within
+    each exponent bucket of |W0|; `stored` names the dtype whose flips these are) → "at chance" (overlap
+    within PRECISION_BAND of p), "precision explains it" (within PRECISION_BAND of the stratified chance),
+    else above / below what precision explains; plus the fp32 masters' overlap when measured."""
+    if overlap is None:
+        return f"{mask}: no changed elements."
+    text = f"{mask} overlap {overlap:.3g} (chance {chance:g}"
+    if stratified is None:
+        text += "; stratified chance not measured)"
+        verdict = _band(overlap, chance, "at chance", "above chance", "below chance")
+    else:
+        text += f", magnitude-stratified chance {stratified:.3g})"
+        if _within(overlap, chance):
+            verdict = "at chance"
+        elif _within(overlap, stratified):
+            verdict = (f"the departure from chance is precision: {stored} flips follow the exponent of |W0| "
+                       "(a weight flips only when |Δ| exceeds half its ULP)")
+        elif overlap > stratified:
+            verdict = "above what precision explains"
+        else:
+            verdict = "below what precision explains"
+    reading = f"{text}: {verdict}"
+    if fp32_overlap is not None:
+        reading += f"; the fp32 masters' update mask overlaps it {fp32_overlap:.3g}"
+    return reading + "."
+
+
+def _within(value: float, reference: float) -> bool:
+    if reference == 0:
+        return value == 0
+    return 1 / PRECISION_BAND <= value / reference <= PRECISION_BAND
+
+
+def _band(value: float, reference: float, inside: str, above: str, below: str) -> str:
+    if _within(value, reference):
+        return inside
+    return above if value > reference else below

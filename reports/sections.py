@@ -73,15 +73,18 @@ def registered_element_table(result: DiffResult) -> Table:
 
 
 def registered_matrix_table(result: DiffResult) -> Table:
-    """Every registered matrix metric, by its label and in its format, per module kind and for all
-    matrices (`dynamics.metrics.matrix_metrics` of the group's records)."""
+    """Every registered matrix metric, by its label and in its format (one row each): the headline scopes
+    (transformer blocks, embeddings, lm_head), every other module kind and all matrices
+    (`dynamics.metrics.matrix_metrics` of the group's records)."""
     matrix = metrics_needing("matrix")
-    groups = {kind: rs for kind, rs in result.module_kind_groups().items() if any(r.geometry for r in rs)}
-    groups["**all matrices**"] = result.records
+    groups = {scope: rs for scope, rs in result.scope_groups().items() if any(r.geometry for r in rs)}
+    groups.update((kind, rs) for kind, rs in result.module_kind_groups().items()
+                  if kind not in ("embed", "lm_head") and any(r.geometry for r in rs))  # those are scopes
+    groups["all matrices"] = result.records
     values = {group: matrix_metrics(rs) for group, rs in groups.items()}
-    return Table(["module kind", *(m.label for m in matrix.values())],
-                 [[group, *(format_value(name, values[group][name]) for name in matrix)] for group in groups],
-                 caption="Registered matrix metrics (`dynamics.metrics`) per module kind")
+    return Table(["metric", *groups], [[metric.label, *(format_value(name, values[g][name]) for g in groups)]
+                                       for name, metric in matrix.items()],
+                 caption="Registered matrix metrics (`dynamics.metrics`): headline scopes, then per module kind")
 
 
 def ulp_blocks(result: DiffResult, out_dir: Path, stem: str) -> list[Block]:

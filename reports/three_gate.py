@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dynamics.metrics import METRICS, derived_metrics, format_value, probe_value
-from dynamics.result import DiffResult, geometry_means
+from dynamics.metrics import MASK_PERCENT, METRICS, derived_metrics, format_value, matrix_metrics, probe_value
+from dynamics.result import BLOCKS, DiffResult, geometry_means
 from reports import figures
 from reports.document import (
     Block,
@@ -36,6 +36,7 @@ from reports.readings import (
     ON_PRINCIPAL_RATIO,
     fisher_reading,
     kl_reading,
+    mask_overlap_reading,
     precision_reading,
     principal_energy_reading,
 )
@@ -56,12 +57,12 @@ if TYPE_CHECKING:  # probes.kl imports transformers; the report only reads the r
 
 NAME = "three-gate"
 TOP_KL_TOKENS = 10
-OVERLAP_PERCENT = "10"  # mask size p (%) shown in the per-kind table; the figure shows every p
 FISHER_SHARE_OVER_CHANCE = "fisher_share_over_chance"
 
 
 def render_three_gate_report(result: DiffResult, out_dir: Path, kl: KLResult | None = None,
-                             fisher: FisherResult | None = None, optimizer: OptimizerResult | None = None) -> Path:
+                             fisher: FisherResult | None = None, optimizer: OptimizerResult | None = None,
+                             masters: DiffResult | None = None) -> Path:
     """Write `out_dir/three-gate.md`, `out_dir/three-gate.html` (self-contained), PNG figures in
     `out_dir/figures/three-gate-*.png` and their data in `out_dir/data/three-gate-*.csv`.
 
@@ -74,12 +75,14 @@ def render_three_gate_report(result: DiffResult, out_dir: Path, kl: KLResult | N
             for Gate II.
         optimizer: the same pair's optimizer analysis (`dynamics.optimizer_analysis`,
             `OptimizerResult.read_json`): Adam's v as curvature in Gate II, flips per weight in Gate III.
+        masters: the same run's fp32 master weights diffed against their fp32 start, with the matrix
+            pass: Gate II shows its update mask's overlaps beside the stored weights' ones.
     Returns:
         The path of the HTML page.
     """
     out_dir = Path(out_dir)
     gate1, reading1 = _gate_one(result, kl, out_dir)
-    gate2, reading2 = _gate_two(result, fisher, out_dir)
+    gate2, reading2 = _gate_two(result, fisher, out_dir, masters)
     gate2 += _adam_curvature_blocks(result, optimizer, fisher)
     gate3, reading3 = _gate_three(result, out_dir)
     gate3 += _flip_blocks(result, optimizer)
@@ -158,8 +161,9 @@ def _visible(token: str) -> str:
     return token.replace("`", "ˋ").replace("\n", "\\n").replace("\t", "\\t").replace(" ", "␣") or "∅"
 
 
-def _gate_two(result: DiffResult, fisher: FisherResult | None, out_dir: Path) -> tuple[list[Block], Reading]:
-    blocks, reading = _geometry_blocks(result, out_dir)
+def _gate_two(result: DiffResult, fisher: FisherResult | None, out_dir: Path,
+              masters: DiffResult | None) -> tuple[list[Block], Reading]:
+    blocks, reading = _geometry_blocks(result, out_dir, masters)
     if fisher is None:
         blocks.append(Note(
             f"No curvature alignment: run `dynamics probe fisher {result.a.path} {result.b.path} --prompts P "
@@ -197,7 +201,7 @@ def _fisher_blocks(fisher: FisherResult, out_dir: Path) -> tuple[list[Block], st
         fisher_reading(shares[smallest], ratios[smallest], percents[smallest])
 
 
-def _geometry_blocks(result: DiffResult, out_dir: Path) -> tuple[list[Block], str]:
+def _geometry_blocks(result: DiffResult, out_dir: Path, masters: DiffResult | None) -> tuple[list[Block], str]:
     summary = geometry_means(result.records)
     if summary is None:
         why = ("no 2-D weight was measured (every matrix was skipped)" if result.geometry_skipped
@@ -205,35 +209,108 @@ def _geometry_blocks(result: DiffResult, out_dir: Path) -> tuple[list[Block], st
         text = (f"No update geometry: {why}. Rerun `dynamics diff A B --geometry --json diff.json` "
                 "(add `--rank-k K` to choose the top-k subspace, default 64) and render this report from that file.")
         return [Note(text)], "geometry not measured — rerun `dynamics diff A B --geometry`."
-    by_kind = {k: m for k, rs in result.module_kind_groups().items() if (m := geometry_means(rs)) is not None}
-    kinds = list(by_kind)
-    percents = list(summary["principal_mask_overlap"])
-    p = OVERLAP_PERCENT if OVERLAP_PERCENT in percents else percents[0]
-
-    def line(label: str, m: dict) -> list[str]:
-        return [label, fmt_count(m["matrices"]), fmt_general(m["k"]), fmt_general(m["principal_angle_max_deg"]),
-                fmt_sci(m["spectrum_drift_mean"]), fmt_fraction(m["principal_mask_overlap"].get(p), 3),
-                fmt_fraction(m["low_magnitude_mask_overlap"].get(p), 3)]
-
-    table = Table(["module kind", "matrices", "k", "max angle (°)", "spectrum drift",
-                   f"principal overlap (p={p}%)", f"low-|W0| overlap (p={p}%)"],
-                  [line(k, by_kind[k]) for k in kinds] + [line("**all matrices**", summary)],
-                  caption=f"Means over the matrices of each kind; chance overlap = {int(p) / 100:g}")
-    blocks: list[Block] = [
-        Paragraph(f"Top-k singular subspaces of W0 and W1 for {summary['matrices']} matrices "
-                  f"(k = {fmt_general(summary['k'])} on average). ρ_k is the share of ‖Δ‖_F² inside the top-k "
-                  "principal block U0_kᵀ Δ V0_k; a random direction has k²/(m·n); both are weighted by each "
-                  "matrix's ‖Δ‖_F² over a group. Overlaps are the share of changed elements inside the top-p% "
-                  "principal-weight mask (or the bottom-p% |W0| mask); chance is p."),
-        table,
-        registered_matrix_table(result),
-    ]
+    measured = [r for r in result.records if r.geometry is not None]
+    scopes = {scope: rs for scope, rs in result.scope_groups().items() if any(r.geometry for r in rs)}
+    headline = BLOCKS if BLOCKS in scopes else "all matrices"
+    scopes = scopes or {headline: result.records}
+    by_scope = {scope: matrix_metrics(rs) for scope, rs in scopes.items()}
+    means = {scope: geometry_means(rs) for scope, rs in scopes.items()}
+    master_values = ({scope: matrix_metrics(rs) for scope, rs in masters.scope_groups().items()}
+                     if masters is not None and masters.has_geometry() else {})
+    if masters is not None and not master_values.get(headline):
+        master_values.setdefault(headline, matrix_metrics(masters.records))
+    stored = "/".join(dict.fromkeys(_short(r.dtype) for r in measured))
+    chance = int(MASK_PERCENT) / 100
+    outside = ", ".join(f"{scope} ({fmt_count(len([r for r in rs if r.geometry]))})"
+                        for scope, rs in scopes.items() if scope != headline)
+    blocks: list[Block] = [Paragraph(
+        f"**What was computed.** Top-k singular subspaces of W0 and W1 (k = {fmt_general(summary['k'])} on "
+        f"average) for {len(measured)} matrices: headline numbers are over the {headline}' "
+        f"{fmt_count(len([r for r in scopes[headline] if r.geometry]))} matrices"
+        + (f"; {outside} are shown apart (a vocabulary-wide matrix can carry most of the update on its own)"
+           if outside else "")
+        + f". Precision: W0, W1, Δ and the SVDs in float32 from the stored {stored} weights, ratios in float64; "
+        f"the update mask marks the elements whose stored {stored} bits differ, so it sees only the moves "
+        f"{stored} storage keeps. Nulls: ρ_k (share of ‖Δ‖_F² inside U0_kᵀ Δ V0_k) against a random "
+        "direction's share k²/(m·n); the overlap of the update mask with the top-p% principal-weight mask "
+        "(|U0_k Σ0_k V0_kᵀ|) and the bottom-p% |W0| mask against the chance p and against the "
+        "magnitude-stratified chance Σ_e f_e·|M ∩ B_e| / Σ_e f_e·|B_e| (flips placed at random within each "
+        "exponent bucket B_e of |W0|, f_e the bucket's flip rate), the overlap precision alone produces.")]
+    ratio, median = "principal_energy_ratio", "principal_energy_ratio_median"
+    blocks.append(Table(
+        ["scope", "matrices", METRICS[ratio].label, METRICS[median].label, "max angle (°, mean over matrices)"],
+        [[scope, fmt_count(means[scope]["matrices"]), format_value(ratio, by_scope[scope][ratio]),
+          format_value(median, by_scope[scope][median]), fmt_general(means[scope]["principal_angle_max_deg"])]
+         for scope in scopes],
+        caption="Principal energy over the random-direction baseline: Δ-weighted (each matrix weighted by its "
+                "‖Δ‖_F²) and the median over matrices (each counts once)"))
+    blocks.append(_mask_table(scopes, by_scope, master_values, chance, stored))
+    blocks.append(_kind_table(result))
+    blocks.append(registered_matrix_table(result))
     if result.geometry_skipped:
         reasons = sorted({s["reason"] for s in result.geometry_skipped})
         blocks.append(Paragraph(f"{len(result.geometry_skipped)} tensors were not measured ({'; '.join(reasons)})."))
+    blocks += _geometry_figures(result, scopes[headline], headline, masters, out_dir)
+    values = by_scope[headline]
+    reading = principal_energy_reading(values[ratio], means[headline]["principal_angle_max_deg"])
+    reading = (f"{headline} ({fmt_count(means[headline]['matrices'])} matrices, Δ-weighted; median over matrices "
+               f"{format_value(median, values[median])}×) — {reading}")
+    for name, mask in (("low_magnitude", "low-|W0|"), ("principal", "principal-weight")):
+        fp32 = master_values.get(headline, {}).get(f"{name}_overlap")
+        reading += " " + mask_overlap_reading(f"{mask} mask (p = {MASK_PERCENT}%)", values[f"{name}_overlap"],
+                                              chance, values[f"{name}_stratified_chance"], stored, fp32)
+    return blocks, reading
+
+
+def _mask_table(scopes: dict, by_scope: dict, master_values: dict, chance: float, stored: str) -> Table:
+    """Overlap of the update mask with each mask per scope, against chance p and the stratified chance."""
+    header = ["scope", "mask", f"overlap ({stored} update mask)", "chance p", "magnitude-stratified chance",
+              "overlap / stratified chance"]
+    if master_values:
+        header.append("overlap (fp32 masters' update mask)")
+    rows = []
+    for scope in scopes:
+        for name, mask in (("low_magnitude", "bottom-p% |W0|"), ("principal", "top-p% principal weights")):
+            values = by_scope[scope]
+            row = [scope, mask, fmt_fraction(values[f"{name}_overlap"], 3), fmt_fraction(chance, 3),
+                   fmt_fraction(values[f"{name}_stratified_chance"], 3),
+                   format_value(f"{name}_overlap_over_stratified", values[f"{name}_overlap_over_stratified"])]
+            if master_values:
+                row.append(fmt_fraction(master_values.get(scope, {}).get(f"{name}_overlap"), 3))
+            rows.append(row)
+    return Table(header, rows, caption=(
+        f"Mask overlaps at p = {MASK_PERCENT}%: share of the changed elements inside the mask, pooled over the "
+        "scope's matrices (update-weighted), against chance p and against the magnitude-stratified chance"
+        + ("; the fp32 masters' update mask is the same run's float32 weights compared bit by bit" if master_values
+           else "; no fp32 masters given (`--masters DIFF.json` of the same run's float32 weights)")))
+
+
+def _kind_table(result: DiffResult) -> Table:
+    """Per module kind: subspace rotation and drift (means over matrices), mask overlaps (update-weighted)."""
+    rows = []
+    for kind, records in result.module_kind_groups().items():
+        m = geometry_means(records)
+        if m is None:
+            continue
+        values = matrix_metrics(records)
+        rows.append([kind, fmt_count(m["matrices"]), fmt_general(m["k"]), fmt_general(m["principal_angle_max_deg"]),
+                     fmt_sci(m["spectrum_drift_mean"]), *(fmt_fraction(values[name], 3) for name in (
+                         "principal_overlap", "principal_stratified_chance",
+                         "low_magnitude_overlap", "low_magnitude_stratified_chance"))])
+    return Table(["module kind", "matrices", "k", "max angle (°)", "spectrum drift",
+                  f"principal overlap (p={MASK_PERCENT}%)", "… stratified chance",
+                  f"low-|W0| overlap (p={MASK_PERCENT}%)", "… stratified chance"], rows,
+                 caption=f"Per module kind: angle and drift are means over matrices; overlaps are pooled over "
+                         f"the kind's changed elements; chance overlap = {int(MASK_PERCENT) / 100:g}")
+
+
+def _geometry_figures(result: DiffResult, headline_records: list, headline: str, masters: DiffResult | None,
+                      out_dir: Path) -> list[Block]:
+    by_kind = {k: m for k, rs in result.module_kind_groups().items() if (m := geometry_means(rs)) is not None}
+    kinds = list(by_kind)
     ratios = [by_kind[k]["principal_energy_ratio"] for k in kinds]
     colours = [figures.KIND_COLOURS.get(k, "black") for k in kinds]
-    blocks.append(figures.emit(
+    blocks: list[Block] = [figures.emit(
         out_dir, f"{NAME}-principal-energy",
         figures.bars(kinds, ratios, "module kind", r"$\rho_k$ / random baseline (log scale)",
                      "principal energy of the update vs random directions", colours=colours, log=True,
@@ -243,7 +320,7 @@ def _geometry_blocks(result: DiffResult, out_dir: Path) -> tuple[list[Block], st
         f"{METRICS['principal_energy_ratio'].label} per module kind: update energy in the top-k principal block "
         "over the random-direction baseline k²/(m·n).",
         ["module_kind", "principal_energy_weighted", "principal_energy_ratio"],
-        [[k, by_kind[k]["principal_energy_weighted"], r] for k, r in zip(kinds, ratios)]))
+        [[k, by_kind[k]["principal_energy_weighted"], r] for k, r in zip(kinds, ratios)])]
     angles = [by_kind[k]["principal_angle_max_deg"] for k in kinds]
     drift = [by_kind[k]["spectrum_drift_mean"] for k in kinds]
     blocks.append(figures.emit(
@@ -260,17 +337,34 @@ def _geometry_blocks(result: DiffResult, out_dir: Path) -> tuple[list[Block], st
         "Mean relative change of the top-k singular values, per module kind.",
         ["module_kind", "spectrum_drift_mean", "spectrum_drift_max"],
         [[k, d, by_kind[k]["spectrum_drift_max"]] for k, d in zip(kinds, drift)]))
-    principal = [summary["principal_mask_overlap"][q] for q in percents]
-    low = [summary["low_magnitude_mask_overlap"].get(q) for q in percents]
+    means = geometry_means(headline_records)
+    percents = list(means["principal_mask_overlap"])
+    curves = {"principal-weight mask": [means["principal_mask_overlap"].get(q) for q in percents],
+              "low-|W0| mask": [means["low_magnitude_mask_overlap"].get(q) for q in percents]}
+    nulls = {"… its stratified chance": [means["principal_mask_stratified_chance"].get(q) for q in percents],
+             "… its stratified chance ": [means["low_magnitude_mask_stratified_chance"].get(q) for q in percents]}
+    master_means = None if masters is None else geometry_means(masters.scope_groups().get(BLOCKS, masters.records))
+    if master_means is not None:
+        curves["low-|W0| mask, fp32 masters"] = [master_means["low_magnitude_mask_overlap"].get(q) for q in percents]
     blocks.append(figures.emit(
         out_dir, f"{NAME}-mask-overlap",
-        figures.overlap_vs_chance([float(q) for q in percents],
-                                  {"principal-weight mask": principal, "low-magnitude mask": low}),
-        "Share of changed elements inside the top-p% principal-weight mask and the bottom-p% |W0| mask, "
-        "against chance (dashed), mean over matrices.",
-        ["p_percent", "principal_mask_overlap", "low_magnitude_mask_overlap"],
-        [[q, a, b] for q, a, b in zip(percents, principal, low)]))
-    return blocks, principal_energy_reading(summary["principal_energy_ratio"], summary["principal_angle_max_deg"])
+        figures.overlap_vs_chance([float(q) for q in percents], curves, nulls=nulls,
+                                  title=f"update mask overlap vs chance ({headline})"),
+        f"Share of changed elements inside the top-p% principal-weight mask and the bottom-p% |W0| mask, mean over "
+        f"the {headline}' matrices, against chance (dashed) and each mask's magnitude-stratified chance (dotted, "
+        "same colour: flips placed at random within each exponent bucket of |W0|)"
+        + ("; the fp32 masters' update mask of the same run beside them." if master_means is not None else "."),
+        ["p_percent", "principal_mask_overlap", "principal_mask_stratified_chance", "low_magnitude_mask_overlap",
+         "low_magnitude_mask_stratified_chance", "low_magnitude_mask_overlap_fp32_masters"],
+        [[q, curves["principal-weight mask"][i], nulls["… its stratified chance"][i], curves["low-|W0| mask"][i],
+          nulls["… its stratified chance "][i],
+          None if master_means is None else master_means["low_magnitude_mask_overlap"].get(q)]
+         for i, q in enumerate(percents)]))
+    return blocks
+
+
+def _short(dtype: str) -> str:
+    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}.get(dtype, dtype)
 
 
 def _optimizer_note(result: DiffResult, what: str) -> Note:

@@ -30,6 +30,7 @@ from reports.readings import (
     SPARSE_BITWISE,
     fisher_reading,
     kl_reading,
+    mask_overlap_reading,
     precision_reading,
     principal_energy_reading,
 )
@@ -191,14 +192,17 @@ def test_three_gate_per_kind_ratio_is_the_registered_json_value(docs, results, t
     label = METRICS["principal_energy_ratio"].label
     after_caption = markdown.split("Registered matrix metrics")[1].split("\n\n")[1]  # the table's lines
     table = [_cells(line) for line in after_caption.splitlines() if not line.startswith("|--")]
-    column = table[0].index(label)
-    shown = {cells[0]: cells[column] for cells in table[1:]}
+    row = next(cells for cells in table if cells[0] == label)  # one row per metric, one column per group
+    shown = dict(zip(table[0], row))
+    column = {"embed": "embeddings"}  # embeddings and lm_head are headline scopes, not kind columns
     for r in rows:
         value = by_kind[r["module_kind"]]["principal_energy_ratio"]
         assert float(r["principal_energy_ratio"]) == pytest.approx(value)
-        assert shown[r["module_kind"]] == format_value("principal_energy_ratio", value)
-    assert shown["**all matrices**"] == format_value("principal_energy_ratio",
-                                                     docs["bf16"]["geometry"]["summary"]["principal_energy_ratio"])
+        assert shown[column.get(r["module_kind"], r["module_kind"])] == format_value("principal_energy_ratio", value)
+    geometry = docs["bf16"]["geometry"]
+    assert shown["all matrices"] == format_value("principal_energy_ratio", geometry["summary"]["principal_energy_ratio"])
+    blocks = geometry["by_scope"]["transformer blocks"]["principal_energy_ratio"]
+    assert shown["transformer blocks"] == format_value("principal_energy_ratio", blocks)
 
 
 def _cells(line: str) -> list[str]:
@@ -351,3 +355,27 @@ def test_gate_one_says_on_policy_only_when_the_kl_file_says_so(results, tmp_path
     assert "on-policy" not in read_from_file and "off-policy" in read_from_file
     sampled = gate_one({"on_policy": True, "samples_per_prompt": 4, "temperature": 1.0})
     assert "on-policy" in sampled and "off-policy" not in sampled
+def test_three_gate_gate_two_says_precision_null_and_tensors_with_fp32_masters_beside(docs, results, tmp_path):
+    markdown = render_three_gate_report(results["bf16"], tmp_path, masters=results["fp32"]).with_suffix(".md").read_text()
+    gate = markdown.split("## Gate II — update geometry")[1].split("## Gate III")[0]
+    assert "over the transformer blocks' 6 matrices" in gate and "embeddings (1), lm_head (1) are shown apart" in gate
+    assert "from the stored bf16 weights" in gate and "magnitude-stratified chance" in gate
+    assert "overlap (fp32 masters' update mask)" in gate
+    blocks = docs["bf16"]["geometry"]["by_scope"]["transformer blocks"]
+    assert format_value("low_magnitude_overlap_over_stratified", blocks["low_magnitude_overlap_over_stratified"]) in gate
+    assert METRICS["principal_energy_ratio_median"].label in gate
+    rows = list(csv.DictReader((tmp_path / "data" / "three-gate-mask-overlap.csv").open()))
+    assert [r["p_percent"] for r in rows] == ["1", "5", "10", "20"]
+    assert all(r["low_magnitude_mask_overlap_fp32_masters"] for r in rows)
+
+
+@pytest.mark.parametrize("overlap, stratified, words", [
+    (0.10, 0.10, "at chance"),
+    (0.99, 0.95, "the departure from chance is precision"),
+    (0.99, 0.30, "above what precision explains"),
+    (0.02, 0.30, "below what precision explains"),
+])
+def test_mask_overlap_reading_names_the_effect_left_after_precision(overlap, stratified, words):
+    reading = mask_overlap_reading("low-|W0| mask", overlap, 0.1, stratified, "bf16", fp32_overlap=0.097)
+    assert words in reading and reading.endswith("the fp32 masters' update mask overlaps it 0.097.")
+    assert mask_overlap_reading("m", None, 0.1, None, "bf16") == "m: no changed elements."

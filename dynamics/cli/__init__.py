@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from dynamics.cli import demo, diff, extract_lora, lab, optimizer, overlap, paper_metrics, probe, report, series
+from dynamics.cli.common import check_outputs
 from dynamics.errors import DynamicsError
 
 COMMANDS = (diff, overlap, extract_lora, paper_metrics, optimizer, report, series, probe, lab, demo)
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_outputs(args)  # an unwritable output fails here, before any checkpoint is read
         args.run(args)
     except DynamicsError as e:
         print(f"dynamics: error: {e}", file=sys.stderr)

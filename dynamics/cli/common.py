@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from dynamics.devices import DEVICE_CHOICES
+from dynamics.documents import check_output
 from dynamics.errors import DynamicsError
 from dynamics.geometry_options import GeometryOptions
 
@@ -50,3 +52,17 @@ def geometry_options(args: argparse.Namespace, always: bool = False) -> Geometry
 
 def wrote(path: object) -> None:
     print(f"wrote {path}")
+
+
+def add_output(p: argparse.ArgumentParser, *flags: str, folder: bool = False, **kwargs) -> None:
+    """An output option (a Path; `folder`: a folder to write into) that `check_outputs` verifies before
+    the command reads anything."""
+    action = p.add_argument(*flags, type=Path, **kwargs)
+    p.set_defaults(outputs=(*(p.get_default("outputs") or ()), (action.dest, folder)))
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """OutputError (one line, exit 2) for the first output option given that cannot be written."""
+    for dest, folder in getattr(args, "outputs", ()):
+        if getattr(args, dest) is not None:
+            check_output(getattr(args, dest), folder)

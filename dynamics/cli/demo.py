@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dynamics.cli.common import Subparsers, device_and_quiet
+from dynamics.cli.common import Subparsers, add_output, device_and_quiet
 
 
 def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("demo", parents=[device_and_quiet()],
                        help="tiny lab study on the CPU (GRPO with true and spurious rewards, SFT), "
                             "each run diffed against the base, reports")
-    p.add_argument("--out", default="demo-out", help="folder for the lab runs, diffs and reports (default demo-out)")
+    add_output(p, "--out", folder=True, default=Path("demo-out"), help="folder for the lab runs, diffs and reports (default demo-out)")
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(run=run)
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from dynamics.cli.common import Subparsers, add_geometry, add_weights_choice, device_and_quiet, geometry_options, wrote
+from dynamics.cli.common import (
+    Subparsers,
+    add_geometry,
+    add_output,
+    add_weights_choice,
+    device_and_quiet,
+    geometry_options,
+    wrote,
+)
 from dynamics.errors import DynamicsError
 
 
@@ -14,8 +21,8 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("a", help="base checkpoint: HF folder, .safetensors, .bin/.pt, trainer folder, or a training "
                              "framework's folder (verl, DeepSpeed, torch DCP, Megatron)")
     p.add_argument("b", help="tuned checkpoint, or a PEFT adapter folder applied on A")
-    p.add_argument("--json", type=Path, help="write the dynamics.diff/1 JSON document here")
-    p.add_argument("--h5", type=Path, help="write per-tensor datasets and histograms here (HDF5)")
+    add_output(p, "--json", help="write the dynamics.diff/1 JSON document here")
+    add_output(p, "--h5", help="write per-tensor datasets and histograms here (HDF5)")
     p.add_argument("--save-masks", action="store_true", help="also store bit-packed update masks in --h5")
     p.add_argument("--strict", action="store_true", help="fail on missing tensors and shape/dtype mismatches")
     add_geometry(p)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from dynamics.cli.common import Subparsers, wrote
+from dynamics.cli.common import Subparsers, add_output, wrote
 from dynamics.devices import DEVICE_CHOICES
 
 
@@ -16,8 +15,8 @@ def add_parser(sub: Subparsers) -> None:
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--rank", type=int, help="the same rank r for every module")
     size.add_argument("--energy", type=float, help="per module the least rank keeping this share of ‖Δ‖², e.g. 0.9")
-    p.add_argument("-o", "--out", type=Path, required=True, help="adapter folder to write")
-    p.add_argument("--json", type=Path, help="write the dynamics.lora-extraction/1 report here")
+    add_output(p, "-o", "--out", folder=True, required=True, help="adapter folder to write")
+    add_output(p, "--json", help="write the dynamics.lora-extraction/1 report here")
     p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="where the float64 SVDs run")
     p.set_defaults(run=run)
 

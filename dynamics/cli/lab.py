@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from dynamics.cli.common import Subparsers, device_and_quiet, wrote
+from dynamics.cli.common import Subparsers, add_output, device_and_quiet, wrote
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -16,7 +16,7 @@ def add_parser(sub: Subparsers) -> None:
     p = lab.add_parser("run", parents=[device_and_quiet()],
                        help="pretrain a base, then SFT and GRPO runs with true and spurious rewards")
     p.add_argument("--size", default="tiny", choices=["tiny", "small"])
-    p.add_argument("--out", type=Path, default=Path("runs"))
+    add_output(p, "--out", folder=True, default=Path("runs"), help="folder for the lab study (default runs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--rewards", nargs="+", default=None,
                    help="subset of: true format random incorrect noisy-<p> sft (default: all)")

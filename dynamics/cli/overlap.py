@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from dynamics.cli.common import Subparsers, device_and_quiet, wrote
+from dynamics.cli.common import Subparsers, add_output, device_and_quiet, wrote
 from dynamics.errors import DynamicsError
 
 
@@ -16,8 +15,8 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("runs", nargs="+", help="two or more tuned checkpoints (or PEFT adapters) of that base")
     p.add_argument("--rule", default="bitwise",
                    help="what counts as changed: bitwise (default), eta (Path Not Taken Def. 2.1) or a tolerance τ")
-    p.add_argument("--json", type=Path, help="write the dynamics.overlap/1 JSON document here")
-    p.add_argument("--h5", type=Path, help="write the document and consensus row/column profiles here (HDF5)")
+    add_output(p, "--json", help="write the dynamics.overlap/1 JSON document here")
+    add_output(p, "--h5", help="write the document and consensus row/column profiles here (HDF5)")
     p.add_argument("--save-consensus", action="store_true", help="also store every consensus map in --h5")
     p.add_argument("--strict", action="store_true", help="fail on tensors that do not pair with every run")
     p.set_defaults(run=run)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from dynamics.cli.common import Subparsers, wrote
+from dynamics.cli.common import Subparsers, add_output, wrote
 from dynamics.devices import DEVICE_CHOICES
 
 
@@ -13,7 +12,7 @@ def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("paper-metrics", help="NSS, angle curves, η-rule, matrix_rank(Δ)/min(m,n), M_princ∩M_low^c overlap")
     p.add_argument("base", help="base checkpoint")
     p.add_argument("tuned", help="tuned checkpoint (or a PEFT adapter on BASE)")
-    p.add_argument("--json", type=Path, help="write the dynamics.paper-metrics/1 document here")
+    add_output(p, "--json", help="write the dynamics.paper-metrics/1 document here")
     p.add_argument("--angle-k", type=int, default=64, help="angle curves for k = 1 … K (default 64)")
     p.add_argument("--mask-k", type=int, default=64, help="rank of W0^(k) behind M_princ (default 64)")
     p.add_argument("--principal-fraction", type=float, default=0.5, help="α of M_princ (default 0.5)")

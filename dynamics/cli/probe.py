@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dynamics.cli.common import Subparsers, device_and_quiet, wrote
+from dynamics.cli.common import Subparsers, add_output, device_and_quiet, wrote
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -24,8 +24,8 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--bf16-forward", action="store_true",
                    help="sample and score under bf16 autocast (faster; its rounding swamps KLs below ~1e-4 nats; "
                         "recorded in the result). Default: float32 forward, KL from the logit difference in float64")
-    p.add_argument("--json", type=Path, help="write the dynamics.kl/1 document here")
-    p.add_argument("--h5", type=Path, help="write the per-token KL distribution here (HDF5)")
+    add_output(p, "--json", help="write the dynamics.kl/1 document here")
+    add_output(p, "--h5", help="write the per-token KL distribution here (HDF5)")
     p.set_defaults(run=run_kl)
 
     p = probes.add_parser("fisher", parents=[common], help="share of the update on the base model's high-Fisher coordinates")
@@ -35,7 +35,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--samples-per-prompt", type=int, default=1)
     _add_sampling(p, max_new_tokens=128)
     p.add_argument("--layers", help="only these layer indices, e.g. '0,1,10-12' (memory bound)")
-    p.add_argument("--json", type=Path, help="write the dynamics.fisher/1 document here")
+    add_output(p, "--json", help="write the dynamics.fisher/1 document here")
     p.set_defaults(run=run_fisher)
 
     p = probes.add_parser("behavior", help="correctness, code reasoning, keywords, format, length + shifts with CIs")
@@ -45,14 +45,14 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--permutations", type=int, default=10000, help="paired permutation test resamples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, help="write the dynamics.behavior/1 document here")
+    add_output(p, "--json", help="write the dynamics.behavior/1 document here")
     p.set_defaults(run=run_behavior)
 
     p = probes.add_parser("generate", parents=[common], help="write generations jsonl for the behavior probe")
     p.add_argument("model", help="model folder (HF, local), or a PEFT adapter folder (then --base)")
     p.add_argument("--base", help="base model folder MODEL applies to, when MODEL is a PEFT adapter")
     p.add_argument("--prompts", type=Path, required=True, help="prompts jsonl: prompt, optional answer, prompt_id")
-    p.add_argument("--out", type=Path, required=True, help="generations jsonl to write")
+    add_output(p, "--out", required=True, help="generations jsonl to write")
     p.add_argument("--samples-per-prompt", type=int, default=0, help="sampled responses per prompt (besides greedy)")
     p.add_argument("--no-greedy", action="store_true", help="skip the greedy response")
     _add_sampling(p, max_new_tokens=256)

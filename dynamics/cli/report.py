@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dynamics.cli.common import Subparsers, add_rank_k, device_and_quiet, geometry_options, wrote
+from dynamics.cli.common import Subparsers, add_output, add_rank_k, device_and_quiet, geometry_options, wrote
 from dynamics.errors import DynamicsError
 
 
@@ -18,7 +18,7 @@ def add_parser(sub: Subparsers) -> None:
                             ("three-gate", "Gate I KL anchor, Gate II geometry, Gate III precision")):
         r = reports.add_parser(name, parents=[common], help=help_text)
         r.add_argument("inputs", nargs="+", help="BASE TUNED checkpoints, or one diff.json from `dynamics diff --json`")
-        r.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+        add_output(r, "-o", "--out", folder=True, required=True, help="output folder")
         add_rank_k(r, "the geometry (three-gate)")
         r.set_defaults(run=run_sparsity if name == "sparsity" else run_three_gate)
     r = reports.choices["three-gate"]
@@ -26,10 +26,13 @@ def add_parser(sub: Subparsers) -> None:
     r.add_argument("--fisher", type=Path, help="Gate II: dynamics.fisher/1 JSON of the same pair (probe fisher --json)")
     r.add_argument("--optimizer", type=Path,
                    help="Gates II and III: dynamics.optimizer/1 JSON of the same pair (dynamics optimizer --json)")
+    r.add_argument("--fp32-masters", type=Path, metavar="DIFF_JSON",
+                   help="Gate II: diff.json (with --geometry) of the same run's fp32 master weights against their "
+                        "fp32 start; its update mask's overlaps are shown beside the stored weights' ones")
 
     r = reports.add_parser("compare", parents=[common], help="runs by reward: parameter metrics against behavior shifts")
     r.add_argument("inputs", nargs="*", help="run folders (run.json) or lab folders (manifest.json)")
-    r.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    add_output(r, "-o", "--out", folder=True, required=True, help="output folder")
     add_rank_k(r, "the geometry")
     r.add_argument("--manifest", type=Path, help="JSON/YAML manifest labelling run folders "
                                                  "(runs: [{path, run, reward, seed, base}])")
@@ -57,6 +60,7 @@ def run_sparsity(args: argparse.Namespace) -> None:
 
 def run_three_gate(args: argparse.Namespace) -> None:
     from dynamics.optimizer_analysis import OptimizerResult
+    from dynamics.result import DiffResult
     from probes.fisher import FisherResult
     from probes.kl import KLResult
     from reports.three_gate import render_three_gate_report
@@ -66,6 +70,8 @@ def run_three_gate(args: argparse.Namespace) -> None:
     fisher = FisherResult.read_json(args.fisher) if args.fisher else None
     optimizer = OptimizerResult.read_json(args.optimizer) if args.optimizer else None
     wrote(render_three_gate_report(source, args.out, kl=kl, fisher=fisher, optimizer=optimizer))
+    masters = DiffResult.read_json(args.fp32_masters) if args.fp32_masters else None
+    wrote(render_three_gate_report(source, args.out, kl=kl, fisher=fisher, masters=masters))
 
 
 def run_compare(args: argparse.Namespace) -> None:

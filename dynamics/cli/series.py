@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dynamics.cli.common import Subparsers, add_geometry, add_weights_choice, device_and_quiet, geometry_options, wrote
+from dynamics.cli.common import (
+    Subparsers,
+    add_geometry,
+    add_output,
+    add_weights_choice,
+    device_and_quiet,
+    geometry_options,
+    wrote,
+)
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -15,7 +23,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("run_dir", help="run folder with checkpoint-N / global_step_N / global_stepN / iter_NNNNNNN / "
                                      "step_N folders")
     p.add_argument("--base", help="base checkpoint (default: \"base\" in RUN_DIR/run.json)")
-    p.add_argument("-o", "--out", help="output folder for series.json, cache/ and the report (default RUN_DIR/series)")
+    add_output(p, "-o", "--out", folder=True, help="output folder for series.json, cache/ and the report (default RUN_DIR/series)")
     add_geometry(p)
     add_weights_choice(p)
     p.add_argument("--kl", action="append", default=[], metavar="STEP=FILE",
