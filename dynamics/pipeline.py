@@ -89,6 +89,23 @@ class _Stager:
         return flat.view(info.dtype).view(info.shape), done
 
 
+def read_host(ckpt: Checkpoint, name: str, info: TensorInfo) -> torch.Tensor:
+    """Tensor `name` in host memory, stored dtype: a tensor stored raw in a file is read straight into
+    its buffer with one sequential `readinto` (one copy out of the page cache); others via `ckpt.read`."""
+    location = ckpt.locations.get(name)
+    if location is None:
+        return ckpt.read(name)
+    path, offset, nbytes = location
+    flat = torch.empty(nbytes, dtype=torch.uint8)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            f.seek(offset)
+            _read_exactly(f, flat, path, name)
+    except OSError as e:
+        raise CheckpointError(f"{path}: tensor {name}: {e.strerror or e}") from e
+    return flat.view(info.dtype).view(info.shape)
+
+
 def _read_exactly(f, out: torch.Tensor, path, name: str) -> None:
     view = memoryview(out.numpy())
     done = 0
@@ -118,7 +135,7 @@ def stream_pairs(
     done = object()
 
     def load_cpu(pair: TensorPair) -> LoadedPair:
-        ta, tb = a.read(pair.name), b.read(pair.name)
+        ta, tb = read_host(a, pair.name, pair.a), read_host(b, pair.name, pair.b)
         return LoadedPair(pair, ta.to(pair.compare_dtype), tb.to(pair.compare_dtype))
 
     def load_cuda(stagers: tuple[_Stager, _Stager], sides: ThreadPoolExecutor, pair: TensorPair) -> LoadedPair:
