@@ -10,7 +10,7 @@ masks), `select` and the mask combinators (which weights to train), `apply_mask`
 `paper_metrics` (the Path Not Taken's and Small Subnetworks' own definitions).
 """
 
-from dynamics.api import diff, open_pair
+from dynamics.api import diff, diff_many, open_pair
 from dynamics.checkpoints import Checkpoint, TensorInfo, open_checkpoint
 from dynamics.element_stats import ElementStats
 from dynamics.errors import CheckpointError, DynamicsError, MaskError, PairingError
@@ -40,6 +40,7 @@ __all__ = [
     "changed_masks",
     "complement",
     "diff",
+    "diff_many",
     "extract_lora",
     "from_diff",
     "intersection",
