@@ -16,28 +16,22 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic_pair import MODELS, write_pair
-from timing import Timed, cat, drop_cache, dynamics, hand_loop, weight_files
+from timing import MODELS, Timed, cat, drop_cache, dynamics, hand_loop, weight_files, write_synthetic
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work", type=Path)
-    parser.add_argument("--model", choices=sorted(MODELS), default="0.5b")
+    parser.add_argument("--model", choices=MODELS, default="0.5b")
     parser.add_argument("--layers", type=int, help="default: the model's own")
     parser.add_argument("--cold", action="store_true", help="also time each step with the files dropped from cache")
     args = parser.parse_args()
     a, b = args.work / "A", args.work / "B"
     if not (b / "config.json").exists():
-        start = time.perf_counter()
-        write_pair(args.work, args.layers, "cpu", args.model)
-        print(f"wrote the pair in {time.perf_counter() - start:.1f} s", flush=True)
+        write_synthetic(args.work, args.model, args.layers, "cpu")
     total = sum(f.stat().st_size for f in weight_files([a, b]))
     out = args.work / "diff.json"
     steps = {
@@ -62,7 +56,7 @@ def main() -> None:
     assert summary["changed"] == hand["changed"], (summary["changed"], hand["changed"])
 
     cores = os.cpu_count()
-    print(f"\nCPU, {cores} cores, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} at the end; "
+    print(f"\nCPU, {cores} cores, torch {hand['torch']}, load average {os.getloadavg()[0]:.1f} at the end; "
           f"{args.model} shape, {total / 1e9:.2f} GB in both files; changed {hand['changed']} of {hand['numel']} "
           "(identical in the hand loop and dynamics)")
     print("| cache | step | seconds | GB/s | × cat | × hand loop | peak RSS |\n|---|---|---|---|---|---|---|")

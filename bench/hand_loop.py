@@ -2,7 +2,7 @@
 
 Loads every safetensors file of both folders with `safetensors.torch.load_file`, then per tensor
 (moved to DEVICE): changed = (a.view(int16) != b.view(int16)).sum(), Σ (b − a)², Σ a² in float32.
-Prints one JSON line {"changed", "numel", "sum_sq_delta", "sum_sq_a"}.
+Prints one JSON line {"changed", "numel", "sum_sq_delta", "sum_sq_a", "torch"}.
 
     python bench/hand_loop.py A B [--device cpu|cuda]
 """
@@ -39,7 +39,8 @@ def main() -> None:
         sum_sq_delta += float(((b.float() - a.float()) ** 2).sum())
         sum_sq_a += float((a.float() ** 2).sum())
         numel += a.numel()
-    print(json.dumps({"changed": changed, "numel": numel, "sum_sq_delta": sum_sq_delta, "sum_sq_a": sum_sq_a}))
+    print(json.dumps({"changed": changed, "numel": numel, "sum_sq_delta": sum_sq_delta, "sum_sq_a": sum_sq_a,
+                      "torch": torch.__version__}))
 
 
 if __name__ == "__main__":

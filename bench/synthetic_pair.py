@@ -5,13 +5,14 @@ A is random N(0, 0.02²); B = A with an RL-like change: per tensor a touched sha
 Both folders carry a Qwen2 config.json so transformers can load them. `write_run` writes a base and
 N steps, each an RL-like change of the one before (`checkpoint-1` … `checkpoint-N`).
 
-    python bench/synthetic_pair.py OUT_DIR [--model 7b|1.5b|0.5b] [--layers 28] [--device cuda]
+    python bench/synthetic_pair.py OUT_DIR [--model 7b|1.5b|0.5b] [--layers 28] [--steps N] [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -82,34 +83,40 @@ def write_pair(out: Path, layers: int | None, device: str, model: str = "7b") ->
 def write_run(out: Path, layers: int | None, device: str, model: str, steps: int,
               names: tuple[str, ...] | None = None) -> list[Path]:
     """A base and `steps` checkpoints, each an RL-like change of the one before; returns their folders
-    (default names `base`, `checkpoint-1` … `checkpoint-N`). Tensors are made one at a time."""
+    (default names `base`, `checkpoint-1` … `checkpoint-N`). Tensors are made one at a time and each
+    shard is written as soon as it is complete, so host memory holds one shard per checkpoint."""
     layers = MODELS[model][4] if layers is None else layers
     names = names or ("base", *(f"checkpoint-{i}" for i in range(1, steps + 1)))
+    shapes = qwen25_shapes(model, layers)
+    shard_of, size = {}, 0
+    for name, shape in shapes.items():
+        nbytes = 2 * math.prod(shape)
+        shard = max(shard_of.values(), default=0)
+        if size and size + nbytes > SHARD_BYTES:
+            shard, size = shard + 1, 0
+        shard_of[name], size = shard, size + nbytes
+    shards = max(shard_of.values()) + 1
+    files = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
+    folders = [out / n for n in names]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.safetensors.index.json").write_text(json.dumps({
+            "metadata": {"total_size": sum(2 * math.prod(s) for s in shapes.values())},
+            "weight_map": {name: files[shard] for name, shard in shard_of.items()}}))
+        (folder / "config.json").write_text(json.dumps(qwen2_config(layers, model)))
     gen = torch.Generator(device=device).manual_seed(0)
-    shards: list[list[dict]] = [[{} for _ in names]]
-    size = 0
-    for name, shape in qwen25_shapes(model, layers).items():
+    pending: list[dict[str, torch.Tensor]] = [{} for _ in names]
+    items = list(shapes.items())
+    for i, (name, shape) in enumerate(items):
         t = (torch.randn(shape, generator=gen, device=device) * 0.02).to(torch.bfloat16)
-        if size and size + t.numel() * 2 > SHARD_BYTES:
-            shards.append([{} for _ in names])
-            size = 0
         for side in range(len(names)):
             if side:
                 t = rl_like_change(t, gen)
-            shards[-1][side][name] = t.cpu()
-        size += t.numel() * 2
-    folders = [out / n for n in names]
-    for side, folder in enumerate(folders):
-        folder.mkdir(parents=True, exist_ok=True)
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard[side], folder / file, metadata={"format": "pt"})
-            weight_map |= {name: file for name in shard[side]}
-        total = sum(t.numel() * 2 for s in shards for t in s[side].values())
-        (folder / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-        (folder / "config.json").write_text(json.dumps(qwen2_config(layers, model)))
+            pending[side][name] = t.cpu()
+        if i + 1 == len(items) or shard_of[items[i + 1][0]] != shard_of[name]:
+            for folder, tensors in zip(folders, pending):
+                save_file(tensors, folder / files[shard_of[name]], metadata={"format": "pt"})
+            pending = [{} for _ in names]
     return folders
 
 
@@ -118,6 +125,10 @@ if __name__ == "__main__":
     parser.add_argument("out", type=Path)
     parser.add_argument("--model", choices=sorted(MODELS), default="7b")
     parser.add_argument("--layers", type=int, help="default: the model's own")
+    parser.add_argument("--steps", type=int, help="write a run (base, checkpoint-1..N) instead of A/B")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    write_pair(args.out, args.layers, args.device, args.model)
+    if args.steps:
+        write_run(args.out, args.layers, args.device, args.model, args.steps)
+    else:
+        write_pair(args.out, args.layers, args.device, args.model)

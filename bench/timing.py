@@ -53,6 +53,19 @@ def run_timed(argv: list[str]) -> Timed:
     return Timed(seconds, usage.ru_maxrss * 1024, out)
 
 
+MODELS = ("0.5b", "1.5b", "7b")  # bench/synthetic_pair.py's shapes; the parent never imports torch, so
+# the children's peak RSS (which counts what they inherit at fork) is theirs.
+
+
+def write_synthetic(out: Path, model: str, layers: int | None, device: str, steps: int | None = None) -> None:
+    """bench/synthetic_pair.py in its own process (A/B, or base + `steps` checkpoints)."""
+    argv = [sys.executable, str(BENCH / "synthetic_pair.py"), str(out), "--model", model, "--device", device]
+    argv += [] if layers is None else ["--layers", str(layers)]
+    argv += [] if steps is None else ["--steps", str(steps)]
+    timed = run_timed(argv)
+    print(f"wrote {out} ({model}) in {timed.seconds:.1f} s", flush=True)
+
+
 def cat(folders: list[Path]) -> Timed:
     return run_timed(["sh", "-c", 'cat "$@" > /dev/null', "cat", *map(str, weight_files(folders))])
 
