@@ -112,16 +112,25 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _fast_counts(a: torch.Tensor, b: torch.Tensor, changed: torch.Tensor, stored: torch.dtype,
-                 sum_sq_a: float, sum_sq_b: float) -> dict:
-    """Counters of a chunk whose W0 and W1 are all finite, from its changed elements only.
+                 sum_sq_a: float) -> dict | None:
+    """Counters of a chunk whose W0 are all finite, from its changed elements only; None when a changed
+    W1 is NaN/Inf (the general path takes the chunk).
 
-    Unchanged elements add n to finite_pairs and to every within_* count and nothing else."""
+    Unchanged elements add n to finite_pairs and to every within_* count and nothing else, and W1 = W0
+    there, so Σ W1² = Σ W0² + Σ_changed (W1² − W0²); where that cancels to below 1e-3·Σ W0² (W1 much
+    smaller than W0) Σ W1² is summed directly instead, keeping float64 precision relative to it."""
     n = a.numel()
     where = _positions(changed)
     int_view = BITS_VIEW[stored]
     bits_a = a.reshape(-1).view(int_view).index_select(0, where)
     bits_b = b.reshape(-1).view(int_view).index_select(0, where)
     a32, b32 = bits_a.view(stored).to(torch.float32), bits_b.view(stored).to(torch.float32)
+    changed_sq_b = _sum_sq(b32)
+    if not changed_sq_b < float("inf"):
+        return None
+    sum_sq_b = sum_sq_a + (changed_sq_b - _sum_sq(a32))
+    if sum_sq_b < 1e-3 * sum_sq_a:
+        sum_sq_b = _sum_sq(b)
     delta = b32 - a32
     abs_delta = delta.abs()
     over_abs, over_rel = _tolerance_excess(abs_delta, torch.clamp(a32.abs(), min=REL_EPSILON))
@@ -202,19 +211,24 @@ def _general_counts(a: torch.Tensor, b: torch.Tensor, changed: torch.Tensor, sto
 def _chunk_stats(a: torch.Tensor, b: torch.Tensor, stored: torch.dtype) -> tuple[dict, torch.Tensor]:
     """Counters of a (rows, cols) block or flat chunk; also returns the changed mask for row/column flags.
 
-    Σ W0² and Σ W1² over the chunk are finite exactly when every W0 and W1 is (a square of a 16- or
-    32-bit float is < 1.2e77 in float64), which picks the fast path without a separate scan."""
+    Σ W0² over the chunk is finite exactly when every W0 is (a square of a 16- or 32-bit float is
+    < 1.2e77 in float64), which picks the fast path without a separate scan."""
     int_view = BITS_VIEW[stored]
     changed = a.view(int_view) != b.view(int_view)
-    sum_sq_a, sum_sq_b = _sum_sq(a), _sum_sq(b)
-    if sum_sq_a + sum_sq_b < float("inf"):
-        return _fast_counts(a, b, changed, stored, sum_sq_a, sum_sq_b), changed
-    return _general_counts(a, b, changed, stored), changed
+    sum_sq_a = _sum_sq(a)
+    counts = _fast_counts(a, b, changed, stored, sum_sq_a) if sum_sq_a < float("inf") else None
+    return (counts if counts is not None else _general_counts(a, b, changed, stored)), changed
+
+
+_TOLERANCE_SCALARS: dict[tuple[tuple[float, ...], torch.device], list[torch.Tensor]] = {}
 
 
 def _f32(values: tuple[float, ...], device: torch.device) -> list[torch.Tensor]:
-    """Tolerances as float32 scalars, so both twins compare against the same rounded numbers."""
-    return [torch.tensor(v, dtype=torch.float32, device=device) for v in values]
+    """Tolerances as float32 scalars, so both twins compare against the same rounded numbers (made once)."""
+    key = (values, device)
+    if key not in _TOLERANCE_SCALARS:
+        _TOLERANCE_SCALARS[key] = [torch.tensor(v, dtype=torch.float32, device=device) for v in values]
+    return _TOLERANCE_SCALARS[key]
 
 
 def element_stats_cpu(a: torch.Tensor, b: torch.Tensor) -> ElementStats:
