@@ -91,11 +91,15 @@ def _run(job: tuple) -> dict:
             "seconds": time.perf_counter() - started}
 
 
-def run_mask_study(out: Path, seeds: list[int], lr: float, steps: int, parallel: int, device: str = "auto",
-                   size: str = "small") -> dict:
-    """Pretrain the lab base of `size`, train every (mask, seed) run, and summarise (see the module docstring)."""
-    base_config = LAB_PRESETS[size]
-    config: LabConfig = replace(base_config, grpo=replace(base_config.grpo, lr=lr, steps=steps))
+def mask_study_config(size: str = "small", lr: float = 1e-5, steps: int = 60) -> LabConfig:
+    """The lab preset of `size` with GRPO at `lr` for `steps` optimizer steps, saved at the last step only."""
+    preset = LAB_PRESETS[size]
+    return replace(preset, grpo=replace(preset.grpo, lr=lr, steps=steps), rl_save_every_steps=steps)
+
+
+def run_mask_study(out: Path, config: LabConfig, seeds: list[int], parallel: int, device: str = "auto") -> dict:
+    """Pretrain the lab base, train every (mask, seed) run, and summarise (see the module docstring)."""
+    lr, steps = config.grpo.lr, config.grpo.steps
     target = resolve_device(device)
     train = make_problems(config.train_problems, "train", config.problem_seed, config.max_operand)
     heldout = make_problems(config.heldout_problems, "heldout", config.problem_seed + 1, config.max_operand)
@@ -111,7 +115,7 @@ def run_mask_study(out: Path, seeds: list[int], lr: float, steps: int, parallel:
     jobs = [(config, m, s, base_dir, out / f"{m}-s{s}", target) for s in seeds for m in MASKS]
     runs = []
     with ProcessPoolExecutor(parallel, mp_context=get_context("spawn")) as pool:
-        for result in pool.map(_run, jobs):
+        for result in pool.map(_run, jobs) if parallel > 1 else map(_run, jobs):
             runs.append(result)
             with open(out / "runs.jsonl", "a") as f:
                 f.write(json.dumps({k: v for k, v in result.items() if k != "correct"}) + "\n")
@@ -146,7 +150,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", default="small", choices=sorted(LAB_PRESETS))
     args = parser.parse_args()
-    summary = run_mask_study(args.out, args.seeds, args.lr, args.steps, args.parallel, args.device, args.size)
+    config = mask_study_config(args.size, args.lr, args.steps)
+    summary = run_mask_study(args.out, config, args.seeds, args.parallel, args.device)
     print(json.dumps({m: round(v["accuracy_mean"], 4) for m, v in summary["masks"].items()}))
 
 
