@@ -1,28 +1,16 @@
-"""`diff`: the library entry point behind `dynamics diff`."""
+"""`diff` and `diff_many`: the library entry points behind `dynamics diff` and `dynamics series`."""
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
 from dynamics.checkpoints import Checkpoint, normalise_pair, open_checkpoint
+from dynamics.comparisons import Comparison, run_comparisons
 from dynamics.devices import resolve_device
-from dynamics.geometry import GeometryStats, geometry_stats_batched, skip_reason
 from dynamics.geometry_options import GeometryOptions
-from dynamics.kernels import element_stats
-from dynamics.masks import pack_mask, update_mask
-from dynamics.naming import layer_index, module_kind
 from dynamics.pairing import TensorPair, Unpaired, pair_tensors
-from dynamics.pipeline import stream_pairs
-from dynamics.result import CheckpointSide, DiffResult, TensorRecord
-
-# Same-shaped matrices held for one batched SVD call, per shape (float32 copies of that size are made).
-PENDING_GEOMETRY_ELEMENTS = 1 << 26
+from dynamics.result import DiffResult
 
 
 def open_pair(a: str | Path | Checkpoint, b: str | Path | Checkpoint, *, strict: bool = False,
@@ -64,8 +52,8 @@ def diff(
         strict: raise PairingError on any tensor that does not pair cleanly.
         save_masks: keep bit-packed update masks in `DiffResult.masks`.
         geometry: also run the matrix pass (`dynamics.geometry`) on every 2-D pair with these options;
-            same-shaped matrices are batched into one SVD call (up to PENDING_GEOMETRY_ELEMENTS per
-            shape held at once). Pairs it cannot take (1-D, smaller than 2×2, NaN/Inf) are listed in
+            same-shaped matrices are batched into one SVD call (up to
+            `dynamics.comparisons.PENDING_GEOMETRY_ELEMENTS` per shape held at once). Pairs it cannot take (1-D, smaller than 2×2, NaN/Inf) are listed in
             `DiffResult.geometry_skipped`.
         progress: show a tqdm bar by bytes.
         component: the verl component of step folders on either side (default "actor"), e.g. "critic".
@@ -81,67 +69,45 @@ def diff(
     target = resolve_device(device, kernels=True)
     ckpt_a, ckpt_b, pairs, unpaired = open_pair(a, b, strict=strict, component=component, masters=masters,
                                                 adapter_base=adapter_base)
-
-    start = time.perf_counter()
-    records, masks, geometry_skipped, bytes_read = [], {}, [], 0
-    matrices = _MatrixBatches(geometry)
-    bar = tqdm(total=sum(p.nbytes for p in pairs), unit="B", unit_scale=True, disable=not progress, desc="diff")
-    with bar:
-        for loaded in stream_pairs(ckpt_a, ckpt_b, pairs, target):
-            pair = loaded.pair
-            stats = element_stats(loaded.a, loaded.b)
-            if geometry is not None:
-                reason = skip_reason(pair.a.shape, pair.compare_dtype)
-                if reason is None and stats.finite_pairs < stats.numel:
-                    reason = "NaN/Inf values"
-                if reason is None:
-                    matrices.add(len(records), loaded.a, loaded.b)
-                else:
-                    geometry_skipped.append({"name": pair.name, "reason": reason})
-            records.append(
-                TensorRecord(
-                    name=pair.name, layer=layer_index(pair.name), module_kind=module_kind(pair.name),
-                    shape=pair.a.shape, dtype=str(pair.compare_dtype).removeprefix("torch."), stats=stats,
-                )
-            )
-            if save_masks:
-                masks[pair.name] = pack_mask(update_mask(loaded.a, loaded.b))
-            bytes_read += pair.nbytes
-            bar.update(pair.nbytes)
-    for index, matrix in matrices.finish().items():
-        records[index] = replace(records[index], geometry=matrix)
-    return DiffResult(
-        a=_side(ckpt_a), b=_side(ckpt_b), records=records, unpaired=unpaired, device=target.type,
-        seconds=time.perf_counter() - start, bytes_read=bytes_read, packed_masks=masks,
-        geometry_skipped=geometry_skipped,
-    )
+    return run_comparisons([Comparison(ckpt_a, ckpt_b, pairs, unpaired)], target, geometry=geometry,
+                           save_masks=save_masks, progress=progress)[0]
 
 
-class _MatrixBatches:
-    """Pending 2-D pairs grouped by shape; a group goes through `geometry_stats_batched` (one batched
-    SVD) when it holds PENDING_GEOMETRY_ELEMENTS elements, the rest at `finish`. Results by record index."""
+def diff_many(
+    comparisons: Sequence[tuple[str | Path, str | Path]],
+    *,
+    device: str = "auto",
+    strict: bool = False,
+    geometry: GeometryOptions | None = None,
+    progress: bool = False,
+    component: str | None = None,
+    masters: bool = False,
+    adapter_base: str | Path | None = None,
+) -> list[DiffResult]:
+    """`diff(a, b)` for every (a, b) in `comparisons`, in one pass that reads each stored tensor once
+    (`dynamics.comparisons`): a series of N steps against the base and the previous step reads the base
+    once and each step once, holding a few tensors at a time. Same options as `diff`. Each path is opened
+    once (an adapter folder once per checkpoint it merges onto); name normalisation, done pair by pair,
+    stays on that shared checkpoint.
 
-    def __init__(self, options: GeometryOptions | None):
-        self.options = options
-        self.pending: dict[tuple[int, ...], list[tuple[int, torch.Tensor, torch.Tensor]]] = defaultdict(list)
-        self.done: dict[int, GeometryStats] = {}
+    Example:
+        >>> vs_base, vs_previous = diff_many([("base", "step-2"), ("step-1", "step-2")])
+    """
+    target = resolve_device(device, kernels=True)
+    options = {"component": component, "masters": masters}
+    base = None if adapter_base is None else open_checkpoint(adapter_base, **options)
+    opened: dict[tuple[str, int], Checkpoint] = {}
 
-    def add(self, index: int, a: torch.Tensor, b: torch.Tensor) -> None:
-        group = self.pending[tuple(a.shape)]
-        group.append((index, a, b))
-        if len(group) * a.numel() >= PENDING_GEOMETRY_ELEMENTS:
-            self._run(tuple(a.shape))
+    def get(path: str | Path, merge_base: Checkpoint | None) -> Checkpoint:
+        is_adapter = (Path(path) / "adapter_config.json").is_file()
+        key = (str(Path(path).resolve()), id(merge_base) if is_adapter else 0)
+        if key not in opened:
+            opened[key] = open_checkpoint(path, base=merge_base, **options)
+        return opened[key]
 
-    def _run(self, shape: tuple[int, ...]) -> None:
-        group = self.pending.pop(shape)
-        stats = geometry_stats_batched([(a, b, None) for _, a, b in group], k=self.options.k, exact=self.options.exact)
-        self.done.update((index, s) for (index, _, _), s in zip(group, stats))
-
-    def finish(self) -> dict[int, GeometryStats]:
-        for shape in list(self.pending):
-            self._run(shape)
-        return self.done
-
-
-def _side(ckpt: Checkpoint) -> CheckpointSide:
-    return CheckpointSide(path=str(ckpt.path), format=ckpt.format, notes=list(ckpt.notes), tied=dict(ckpt.tied))
+    prepared = []
+    for a, b in comparisons:
+        ckpt_a = get(a, base)
+        ckpt_a, ckpt_b, pairs, unpaired = open_pair(ckpt_a, get(b, base or ckpt_a), strict=strict)
+        prepared.append(Comparison(ckpt_a, ckpt_b, pairs, unpaired))
+    return run_comparisons(prepared, target, geometry=geometry, progress=progress)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
 
 from dynamics.documents import DIFF_SCHEMA, atomic_path, finite_json, write_json_document
 from dynamics.element_stats import ElementStats
 from dynamics.metrics import derived_metrics, metrics_needing
 from dynamics.result import DiffResult
+
+if TYPE_CHECKING:
+    import h5py
 
 NOT_APPLICABLE_INT = -1  # HDF5 stand-in for None in integer columns (e.g. rows of a 1-D tensor)
 
@@ -28,6 +31,8 @@ def write_h5(result: DiffResult, path: str | Path) -> None:
     in `/diff_json`, top-k singular values of W0, W1 and Δ in `/singular_values/<tensor name>/{a,b,delta}`
     after the matrix pass, and bit-packed update masks in `/masks/<tensor name>` when present.
     Integer None → -1, float None → NaN."""
+    import h5py  # only when HDF5 is asked for: it costs ~0.3 s of every `dynamics diff` start
+
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["schema"] = DIFF_SCHEMA
         f.attrs["a"] = result.a.path

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from functools import reduce
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from dynamics.documents import (
@@ -109,6 +108,8 @@ class OverlapResult:
     def write_h5(self, path: str | Path) -> None:
         """`/overlap_json` (the JSON document), `/row_profile/<name>` and `/col_profile/<name>` (float64),
         and `/consensus/<name>` (uint8 votes, attrs `runs` and `shape`) when the maps were kept."""
+        import h5py  # lazily: `import dynamics` should not pay for it
+
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             f.attrs["schema"] = OVERLAP_SCHEMA
             f.attrs["runs"] = len(self.runs)

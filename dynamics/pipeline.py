@@ -1,19 +1,21 @@
-"""Stream tensor pairs from two checkpoints to a device, one pair ahead of the kernel.
+"""Stream tensors from checkpoints to a device, a few loads ahead of the kernel.
 
-A reader thread loads pair i+1 while the caller's kernel works on pair i, so a diff runs at the
-pace of the slowest stage (usually the disk) rather than the sum of the stages. On CUDA each side
-(A and B) is read by its own worker, in STAGE_BYTES chunks, into a small ring of pinned host
-buffers, and each chunk is copied to the device without blocking while the next one is read:
-pinned memory stays at 2 × STAGE_SLOTS × STAGE_BYTES whatever the tensor sizes. Device memory
-holds at most `depth` + 2 pairs.
+`stream_tensors` runs a list of loads (checkpoint, tensor) on READERS worker threads and yields the
+tensors in list order, at most AHEAD loads in flight, so a diff runs at the pace of the slowest stage
+(usually the disk) rather than the sum of the stages. On CUDA each worker reads in STAGE_BYTES chunks
+into its own small ring of pinned host buffers and copies each chunk to the device without blocking
+while it reads the next: pinned memory stays at READERS × STAGE_SLOTS × STAGE_BYTES whatever the
+tensor sizes, and device memory holds at most AHEAD loaded tensors beyond what the caller keeps.
+On the CPU a worker reads a raw-stored tensor straight into its buffer (`read_host`).
+`stream_pairs` is the two-checkpoint case: A's and B's tensor of each pair, read in parallel.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +26,17 @@ from dynamics.pairing import TensorPair
 
 STAGE_BYTES = 64 * 1024**2
 STAGE_SLOTS = 3
+READERS = 2
+AHEAD = 4
+
+
+@dataclass(frozen=True)
+class Load:
+    """One tensor to read: `name` of `ckpt`, described by `info`."""
+
+    ckpt: Checkpoint
+    name: str
+    info: TensorInfo
 
 
 @dataclass
@@ -33,14 +46,13 @@ class LoadedPair:
     pair: TensorPair
     a: torch.Tensor
     b: torch.Tensor
-    copied: tuple[torch.cuda.Event, torch.cuda.Event] | None = None
 
 
 class _Stager:
-    """Moves one side's tensors to the GPU through a ring of pinned chunk buffers on its own stream."""
+    """Moves one worker's tensors to the GPU through a ring of pinned chunk buffers on its own stream."""
 
-    def __init__(self, ckpt: Checkpoint, device: torch.device):
-        self.ckpt, self.device = ckpt, device
+    def __init__(self, device: torch.device):
+        self.device = device
         self.stream = torch.cuda.Stream(device)
         self.slots = [torch.empty(STAGE_BYTES, dtype=torch.uint8, pin_memory=True) for _ in range(STAGE_SLOTS)]
         self.events: list[torch.cuda.Event | None] = [None] * STAGE_SLOTS
@@ -60,13 +72,14 @@ class _Stager:
             event.record(self.stream)
         self.events[index] = event
 
-    def load(self, name: str, info: TensorInfo) -> tuple[torch.Tensor, torch.cuda.Event]:
-        """Device tensor of `name` in its stored dtype, and the event after its last copy."""
+    def load(self, load: Load) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """Device tensor of the load in its stored dtype, and the event after its last copy."""
+        name, info = load.name, load.info
         with torch.cuda.stream(self.stream):
             flat = torch.empty(info.nbytes, dtype=torch.uint8, device=self.device)
-        location = self.ckpt.locations.get(name)
+        location = load.ckpt.locations.get(name)
         if location is None:
-            host = self.ckpt.read(name).reshape(-1).view(torch.uint8)
+            host = load.ckpt.read(name).reshape(-1).view(torch.uint8)
             for start in range(0, info.nbytes, STAGE_BYTES):
                 index, slot = self._slot()
                 chunk = host[start: start + STAGE_BYTES]
@@ -89,6 +102,23 @@ class _Stager:
         return flat.view(info.dtype).view(info.shape), done
 
 
+def read_host(ckpt: Checkpoint, name: str, info: TensorInfo) -> torch.Tensor:
+    """Tensor `name` in host memory, stored dtype: a tensor stored raw in a file is read straight into
+    its buffer with one sequential `readinto` (one copy out of the page cache); others via `ckpt.read`."""
+    location = ckpt.locations.get(name)
+    if location is None:
+        return ckpt.read(name)
+    path, offset, nbytes = location
+    flat = torch.empty(nbytes, dtype=torch.uint8)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            f.seek(offset)
+            _read_exactly(f, flat, path, name)
+    except OSError as e:
+        raise CheckpointError(f"{path}: tensor {name}: {e.strerror or e}") from e
+    return flat.view(info.dtype).view(info.shape)
+
+
 def _read_exactly(f, out: torch.Tensor, path, name: str) -> None:
     view = memoryview(out.numpy())
     done = 0
@@ -99,68 +129,45 @@ def _read_exactly(f, out: torch.Tensor, path, name: str) -> None:
         done += got
 
 
-def _adopt(item: LoadedPair) -> None:
-    """Make the reader streams' copies visible to the current stream, then cast to compare dtype."""
-    current = torch.cuda.current_stream(item.a.device)
-    for t, event in zip((item.a, item.b), item.copied):
-        current.wait_event(event)
-        t.record_stream(current)
-    item.a = item.a.to(item.pair.compare_dtype)
-    item.b = item.b.to(item.pair.compare_dtype)
+def stream_tensors(loads: Sequence[Load], device: torch.device) -> Iterator[torch.Tensor]:
+    """Yield the tensor of every load on `device`, in stored dtype and list order; reader errors are
+    re-raised here. Stopping the iteration early waits for the loads in flight and drops them."""
+    local = threading.local()
 
+    def run(load: Load) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        if device.type != "cuda":
+            return read_host(load.ckpt, load.name, load.info), None
+        if not hasattr(local, "stager"):
+            local.stager = _Stager(device)
+        return local.stager.load(load)
 
-def stream_pairs(
-    a: Checkpoint, b: Checkpoint, pairs: list[TensorPair], device: torch.device, depth: int = 2
-) -> Iterator[LoadedPair]:
-    """Yield every pair loaded on `device` in order; errors in the reader are re-raised here."""
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def load_cpu(pair: TensorPair) -> LoadedPair:
-        ta, tb = a.read(pair.name), b.read(pair.name)
-        return LoadedPair(pair, ta.to(pair.compare_dtype), tb.to(pair.compare_dtype))
-
-    def load_cuda(stagers: tuple[_Stager, _Stager], sides: ThreadPoolExecutor, pair: TensorPair) -> LoadedPair:
-        futures = [sides.submit(s.load, pair.name, info) for s, info in zip(stagers, (pair.a, pair.b))]
-        (ta, copied_a), (tb, copied_b) = (f.result() for f in futures)
-        return LoadedPair(pair, ta, tb, copied=(copied_a, copied_b))
-
-    def reader() -> None:
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="dynamics-reader") as pool:
         try:
-            if device.type == "cuda":
-                stagers = (_Stager(a, device), _Stager(b, device))
-                with ThreadPoolExecutor(max_workers=2, thread_name_prefix="dynamics-side") as sides:
-                    for pair in pairs:
-                        if stop.is_set():
-                            return
-                        ready.put(load_cuda(stagers, sides, pair))
-            else:
-                for pair in pairs:
-                    if stop.is_set():
-                        return
-                    ready.put(load_cpu(pair))
-            ready.put(done)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            ready.put(e)
+            upcoming = iter(loads)
+            for load in upcoming:
+                pending.append(pool.submit(run, load))
+                if len(pending) >= AHEAD:
+                    break
+            while pending:
+                tensor, copied = pending.popleft().result()
+                for load in upcoming:
+                    pending.append(pool.submit(run, load))
+                    break
+                if copied is not None:
+                    current = torch.cuda.current_stream(tensor.device)
+                    current.wait_event(copied)
+                    tensor.record_stream(current)
+                yield tensor
+        finally:
+            for future in pending:
+                future.cancel()
 
-    thread = threading.Thread(target=reader, name="dynamics-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = ready.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            if item.copied is not None:
-                _adopt(item)
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                ready.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        thread.join()
+
+def stream_pairs(a: Checkpoint, b: Checkpoint, pairs: list[TensorPair], device: torch.device) -> Iterator[LoadedPair]:
+    """Yield every pair loaded on `device`, in its compare dtype, in order (A and B read in parallel)."""
+    tensors = stream_tensors([Load(ckpt, p.name, info) for p in pairs for ckpt, info in ((a, p.a), (b, p.b))],
+                             device)
+    for pair in pairs:
+        ta, tb = next(tensors), next(tensors)
+        yield LoadedPair(pair, ta.to(pair.compare_dtype), tb.to(pair.compare_dtype))

@@ -2,10 +2,12 @@
 
 A run folder holds step folders named `checkpoint-N`, `global_step_N` or `step_N` (N = optimizer
 steps), directly or nested in a trainer's layout; the base comes from `--base` or from the run's
-`run.json` ("base", relative to the run folder). Each diff is cached as a `dynamics.diff/1` JSON
-file under `OUT/cache/`, named by the step pair and a key of both resolved paths and the diff
-options, so an interrupted series resumes where it stopped and a cache made for another base or
-other options is never reused. `OUT/series.json` holds model-level metrics per step
+`run.json` ("base", relative to the run folder). The diffs not in the cache are computed in one
+pass (`dynamics.diff_many`) that reads the base once and each step once. Each diff is cached as a
+`dynamics.diff/1` JSON file under `OUT/cache/`, named by the step pair and a key of both resolved
+paths and the diff options, so a series run again (more steps, or after an interruption) computes
+only what the cache lacks, and a cache made for another base or other options is never reused.
+The pass writes its diffs when it ends: an interrupted pass leaves the cache as it found it. `OUT/series.json` holds model-level metrics per step
 (`dynamics.series/1`), plus KL drift per step when `dynamics.kl/1` files are given, and the training
 log's reward, KL, loss, entropy, clip fraction and learning rate per step where the run logged them
 (`trainer_state.json` of its latest step folder, `dynamics.training_log`).
@@ -24,9 +26,7 @@ from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from dynamics.api import diff
+from dynamics.api import diff_many
 from dynamics.checkpoints.adam_state import AdamState
 from dynamics.documents import (
     DIFF_SCHEMA,
@@ -175,7 +175,7 @@ def series(
         device: "auto", "cpu" or "cuda" for the diffs.
         kl: `dynamics.kl/1` files per step; default: `out/kl/step_N.json` where present.
         labels: run label, reward and seed to record; default: from run.json.
-        progress: a tqdm bar over steps.
+        progress: a tqdm bar over the bytes of the pass.
         component, masters: which weights of each step (`dynamics.diff`); part of the cache key.
         optimizer: step folder -> its Adam state (None: none there); when given, every step with a
             state gets `optimizer_analysis` against the previous step (not cached).
@@ -190,37 +190,44 @@ def series(
     kl_by_step = {step: kl_summary(path) for step, path in files.items()}
     info = labels or read_run_info(run_dir)
     log = latest_training_log([c.path for c in checkpoints])
-    counts = {"computed": 0, "cached": 0}
 
-    def cached_diff(a: Path, b: Path, name: str) -> dict:
+    # Every comparison of the series with its cache file: step k against the base, then against step k − 1.
+    wanted = []
+    for previous, checkpoint in zip([None, *checkpoints[:-1]], checkpoints):
+        wanted.append((base_path, checkpoint.path, f"step-{checkpoint.step}-vs-base"))
+        if previous is not None:
+            wanted.append((previous.path, checkpoint.path, f"step-{checkpoint.step}-vs-step-{previous.step}"))
+    cache_files: dict[str, Path] = {}
+    results: dict[Path, DiffResult] = {}
+    for a, b, name in wanted:
         key = cache_key(a, b, geometry, component=component, masters=masters, adapter_base=base_path)
-        path = out / "cache" / f"{name}-{key}.json"
-        result = _read_cache(path)
-        if result is None:
-            result = diff(a, b, device=device, geometry=geometry, component=component, masters=masters,
-                          adapter_base=base_path)
+        cache_files[name] = path = out / "cache" / f"{name}-{key}.json"
+        cached = _read_cache(path)
+        if cached is not None:
+            results[path] = cached
+    missing = [(a, b, cache_files[name]) for a, b, name in wanted if cache_files[name] not in results]
+    if missing:
+        computed = diff_many([(a, b) for a, b, _ in missing], device=device, geometry=geometry, progress=progress,
+                             component=component, masters=masters, adapter_base=base_path)
+        for (_, _, path), result in zip(missing, computed):
             write_json(result, path)
-            counts["computed"] += 1
-        else:
-            counts["cached"] += 1
-        return {**model_metrics(result), "diff": path.relative_to(out).as_posix()}
+            results[path] = result
 
-    steps, previous = [], None
-    bar = tqdm(checkpoints, desc="series", unit="step", disable=not progress)
+    def metrics(name: str) -> dict:
+        return {**model_metrics(results[cache_files[name]]), "diff": cache_files[name].relative_to(out).as_posix()}
+
+    steps = []
     following = {c.path: n.path for c, n in pairwise(checkpoints)}
-    for checkpoint in bar:
-        bar.set_postfix_str(checkpoint.path.name)
-        vs_base = cached_diff(base_path, checkpoint.path, f"step-{checkpoint.step}-vs-base")
-        vs_previous = None if previous is None else cached_diff(
-            previous.path, checkpoint.path, f"step-{checkpoint.step}-vs-step-{previous.step}")
+    for previous, checkpoint in zip([None, *checkpoints[:-1]], checkpoints):
+        vs_previous = None if previous is None else metrics(f"step-{checkpoint.step}-vs-step-{previous.step}")
         logged = log.canonical(checkpoint.step) if log is not None else {}
         adam = optimizer(checkpoint.path) if optimizer is not None else None
         analysis = None if adam is None else optimizer_analysis(
             base_path if previous is None else previous.path, checkpoint.path, adam=adam,
             next_checkpoint=following.get(checkpoint.path), component=component).to_json()["summary"]
-        steps.append(SeriesStep(checkpoint.step, str(checkpoint.path), vs_base, vs_previous,
-                                kl_by_step.get(checkpoint.step), logged or None, analysis))
-        previous = checkpoint
+        steps.append(SeriesStep(checkpoint.step, str(checkpoint.path), metrics(f"step-{checkpoint.step}-vs-base"),
+                                vs_previous, kl_by_step.get(checkpoint.step), logged or None, analysis))
+    counts = {"computed": len(missing), "cached": len(wanted) - len(missing)}
     result = Series(
         run_dir=str(run_dir), base=str(base_path),
         run=None if info is None else {"run": info.run, "reward": info.reward, "seed": info.seed},

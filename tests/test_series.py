@@ -5,11 +5,15 @@ KL files joined per step, and the series report rendered with its missing inputs
 import csv
 import json
 import math
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
-import dynamics.series as series_module
+import dynamics.api as api_module
+import dynamics.comparisons as comparisons_module
+import dynamics.pipeline as pipeline_module
 from dynamics import diff
 from dynamics.cli import main
 from dynamics.documents import SERIES_SCHEMA as SCHEMA
@@ -128,23 +132,63 @@ def test_series_matches_direct_diffs_and_writes_the_contract(run_dir):
 
 
 def test_an_interrupted_series_resumes_without_recomputing_cached_steps(run_dir, monkeypatch):
-    real_diff, calls = series_module.diff, []
+    real_stats, calls = comparisons_module.element_stats, []
 
-    def diff_then_stop(*args, **kwargs):
-        if len(calls) == 3:
+    def stats_then_stop(*args):
+        if len(calls) == 7:
             raise KeyboardInterrupt
         calls.append(args)
-        return real_diff(*args, **kwargs)
+        return real_stats(*args)
 
-    monkeypatch.setattr(series_module, "diff", diff_then_stop)
+    monkeypatch.setattr(comparisons_module, "element_stats", stats_then_stop)
     with pytest.raises(KeyboardInterrupt):
         series(run_dir)
-    assert len(list((run_dir / "series" / "cache").glob("*.json"))) == 3
-    assert not (run_dir / "series" / "series.json").exists()
-    monkeypatch.setattr(series_module, "diff", real_diff)
+    assert not (run_dir / "series" / "cache").exists() and not (run_dir / "series" / "series.json").exists()
+    monkeypatch.setattr(comparisons_module, "element_stats", real_stats)
+    assert series(run_dir).diffs_computed == 5
+    for stale in (run_dir / "series" / "cache").glob("step-3-*.json"):
+        stale.unlink()  # as if the series had stopped before step 3
     resumed = series(run_dir)
     assert (resumed.diffs_computed, resumed.diffs_cached) == (2, 3)
     assert (series(run_dir).diffs_computed, series(run_dir).diffs_cached) == (0, 5)
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["file-reads", "checkpoint-reader"])
+def test_a_series_reads_the_base_once_and_each_step_once(run_dir, monkeypatch, raw):
+    """Every stored tensor of base, checkpoint-1..3 is read exactly once for the 5 diffs of the series:
+    counted at the file reads (tensors stored raw) or through each Checkpoint's reader (locations off)."""
+    reads = Counter()
+    if raw:
+        real_read_host = pipeline_module.read_host
+
+        def counted_read_host(ckpt, name, info):
+            path = ckpt.locations[name][0]
+            reads[(path.parent.name, name)] += 1
+            return real_read_host(ckpt, name, info)
+
+        monkeypatch.setattr(pipeline_module, "read_host", counted_read_host)
+    else:
+        real_open = api_module.open_checkpoint
+
+        def open_counted(path, **kwargs):
+            ckpt = real_open(path, **kwargs)
+            reader, folder = ckpt.reader, Path(path).name
+
+            def counted(name):
+                reads[(folder, name)] += 1
+                return reader(name)
+
+            ckpt.reader, ckpt.locations = counted, {}
+            return ckpt
+
+        monkeypatch.setattr(api_module, "open_checkpoint", open_counted)
+    result = series(run_dir, device="cpu")
+    assert result.diffs_computed == 5
+    names = _base_tensors().keys()
+    assert reads == {(folder, name): 1 for folder in ("base", "checkpoint-1", "checkpoint-2", "checkpoint-3")
+                     for name in names}
+    direct = diff(run_dir.parent / "base", run_dir / "checkpoint-2", device="cpu").to_json()["summary"]
+    assert result.steps[1].vs_base["changed"] == direct["changed"]
 
 
 def test_cache_made_for_other_options_or_another_base_is_not_reused(tmp_path):
