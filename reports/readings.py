@@ -43,13 +43,14 @@ def _pct(x: float) -> str:
 
 
 def kl_reading(kl_mean_per_token: float | None, relative_update_norm: float | None,
-               kl_p95_per_token: float | None = None) -> str:
-    """Gate I: KL drift when measured, classed against SMALL_KL_NATS / LARGE_KL_NATS, with its 95th
-    percentile; otherwise what is missing plus the relative update norm classed against
+               kl_p95_per_token: float | None = None, on_policy: bool = True) -> str:
+    """Gate I: KL drift when measured (said on-policy only when the KL file says so), classed against
+    SMALL_KL_NATS / LARGE_KL_NATS, with its 95th percentile; otherwise what is missing plus the relative update norm classed against
     SMALL_UPDATE_NORM / LARGE_UPDATE_NORM."""
     if kl_mean_per_token is not None:
         size = _classed(kl_mean_per_token, SMALL_KL_NATS, LARGE_KL_NATS, "drift")
-        reading = f"KL drift: {kl_mean_per_token:.3g} nats per token (on-policy, KL(π_B ‖ π_A)), {size}"
+        where = "on-policy" if on_policy else "off-policy: responses read from a file"
+        reading = f"KL drift: {kl_mean_per_token:.3g} nats per token ({where}, KL(π_B ‖ π_A)), {size}"
         if kl_p95_per_token is not None:
             reading += f"; 95th percentile {kl_p95_per_token:.3g}"
         if relative_update_norm is not None:

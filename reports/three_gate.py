@@ -120,7 +120,8 @@ def _gate_one(result: DiffResult, kl: KLResult | None, out_dir: Path) -> tuple[l
         ["module_kind", "relative_update_norm", "update_norm", "base_norm"],
         [[k, v, by_kind[k]["update_norm"], by_kind[k]["base_norm"]] for k, v in zip(kinds, values)]))
     mean, p95 = (None, None) if kl is None else (kl.kl_mean_per_token, kl.kl_p95_per_token)
-    return blocks, Reading("Gate I reading", kl_reading(mean, relative, p95))
+    on_policy = kl is None or kl.on_policy
+    return blocks, Reading("Gate I reading", kl_reading(mean, relative, p95, on_policy))
 
 
 def _kl_blocks(kl: KLResult, weight_rows: list[list[str]]) -> list[Block]:
@@ -134,10 +135,8 @@ def _kl_blocks(kl: KLResult, weight_rows: list[list[str]]) -> list[Block]:
         ["scored tokens / sequences", f"{fmt_count(kl.tokens)} / {fmt_count(kl.sequences)}"],
         *weight_rows,
     ])
-    responses = ("responses read from a file" if kl.sampling.get("on_policy") is False
-                 else "π_B's own samples")
-    source = Paragraph(f"KL measured between `{kl.base}` (π_A) and `{kl.tuned}` (π_B), teacher-forced "
-                       f"on {responses} over the full vocabulary; beside it the weight-space size of the update.")
+    source = Paragraph(f"KL measured between `{kl.base}` (π_A) and `{kl.tuned}` (π_B), {kl.provenance()}, over "
+                       "the full vocabulary; beside it the weight-space size of the update.")
     top = sorted(kl.top_tokens, key=lambda t: -(t.kl_sum or 0.0))[:TOP_KL_TOKENS]
     if not top:
         return [source, table, Paragraph("The KL result lists no top tokens.")]

@@ -472,7 +472,7 @@ def test_lora_update_of_the_wrong_shape_is_refused(tmp_path):
     "config, tensors, message",
     [
         ({"peft_type": "IA3"}, {}, "PEFT type IA3 is not supported"),
-        ({"use_dora": True}, {}, "LoRA variant use_dora is not supported"),
+        ({"use_dora": True}, {}, "DoRA is supported on linear layers with a lora_magnitude_vector only"),
         ({"kasa_config": {"k": 1}}, {}, "LoRA variant kasa_config is not supported"),
         ({}, {f"base_model.model.{Q_MODULE}.lora_B.bias": torch.ones(12)}, "unsupported adapter content"),
     ],

@@ -47,7 +47,8 @@ def one_line_error(capsys, *argv: str) -> str:
 # --- DeepSpeed ZeRO (real files) ------------------------------------------------------------------
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_deepspeed_masters_equal_zero_to_fp32_number_for_number(stage):
+def test_deepspeed_masters_equal_zero_to_fp32_number_for_number(stage, monkeypatch):
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # any `import deepspeed` while reading would fail
     ckpt = open_checkpoint(DEEPSPEED / f"zero{stage}", masters=True)
     expected = load_file(DEEPSPEED / f"zero{stage}" / "expected_fp32.safetensors")
     if stage == 1:  # ZeRO-1 records no frozen parameters; zero_to_fp32 leaves them out, we read the stored one
@@ -56,7 +57,6 @@ def test_deepspeed_masters_equal_zero_to_fp32_number_for_number(stage):
     assert ckpt.tied == {"lm_head.weight": "model.embed_tokens.weight"}
     assert any("fp32 master weights" in note for note in ckpt.notes)
     assert any(FROZEN in note and "no fp32 master" in note for note in ckpt.notes)
-    assert "deepspeed" not in sys.modules
 
 
 @pytest.mark.parametrize("stage", [1, 2])
@@ -85,6 +85,16 @@ def test_bf16_base_against_fp32_masters_is_compared_in_fp32_like_the_safetensors
     embed = next(r for r in from_masters.records if r.name == "model.embed_tokens.weight")
     assert embed.dtype == "float32" and embed.stats.hidden_by_bf16 is not None
     assert from_masters.summary().changed > stored.summary().changed  # fp32 movement bf16 storage hides
+
+
+def test_hf_trainer_deepspeed_checkpoint_gives_model_safetensors_or_with_masters_the_zero_folder(tmp_path):
+    folder = shutil.copytree(DEEPSPEED / "zero2", tmp_path / "checkpoint-3")
+    shutil.copy(folder / "expected_16bit.safetensors", folder / "model.safetensors")
+    (folder / "expected_fp32.safetensors").unlink()
+    assert open_checkpoint(folder).format.startswith("safetensors")
+    masters = open_checkpoint(folder, masters=True)
+    assert "using global_step3 named by checkpoint-3/latest" in masters.notes
+    assert masters.tensors["model.embed_tokens.weight"].dtype == torch.float32
 
 
 def test_deepspeed_missing_rank_file_is_one_line(tmp_path, capsys):
@@ -367,3 +377,31 @@ def test_adapter_on_a_tied_lm_head_merges_as_peft_merge_and_unload(tmp_path, kin
         assert "lm_head.weight" in ckpt.tensors and any("untied lm_head.weight" in note for note in ckpt.notes)
         result = diff(tmp_path / "base", tmp_path / "adapter", device="cpu")
         assert "lm_head.weight" in {r.name for r in result.records} and not result.unpaired.only_b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dora_merge_matches_peft_merge_and_unload(tmp_path, dtype):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(Qwen2Config(**CONFIG)).to(dtype).save_pretrained(tmp_path / "base")
+    model = get_peft_model(Qwen2ForCausalLM.from_pretrained(tmp_path / "base", dtype=dtype),
+                           LoraConfig(r=2, lora_alpha=4, use_dora=True, init_lora_weights=False,
+                                      target_modules=["q_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(1.5)  # a trained magnitude, not the initial ‖W‖
+    model.save_pretrained(tmp_path / "adapter")
+    merged = PeftModel.from_pretrained(Qwen2ForCausalLM.from_pretrained(tmp_path / "base", dtype=dtype),
+                                       tmp_path / "adapter").merge_and_unload().state_dict()
+    ckpt = open_checkpoint(tmp_path / "adapter", base=open_checkpoint(tmp_path / "base"))
+    assert ckpt.format.startswith("PEFT DoRA adapter")
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight"):
+        ours, theirs = ckpt.read(name), merged[name]
+        assert ours.dtype == theirs.dtype == dtype
+        if dtype == torch.float32:
+            assert torch.equal(ours, theirs), name
+        else:  # peft rounds W + Δ to bf16 before the norm; we keep it in fp32: at most one bf16 ULP apart
+            torch.testing.assert_close(ours.float(), theirs.float(), rtol=2**-7, atol=0)

@@ -15,7 +15,7 @@ from dynamics.cli import main
 from dynamics.geometry_options import GeometryOptions
 from dynamics.runs import RunInfo, SeriesError, find_runs, read_manifest
 from dynamics.series import series
-from probes.behavior import BehaviorResult, SeedShift, Shift
+from probes.behavior import BehaviorResult, FlagAgreement, SeedShift, Shift
 from probes.comparison import Comparison, ComparisonError, rank_correlation
 from probes.generations import REWARD_LABELS, Generation, reward_family, write_generations
 from reports.compare import _styles, render_compare_report, shift_text
@@ -94,7 +94,7 @@ def _behavior(runs, n_prompts=40):
                                              std=float(np.std(deltas, ddof=1)) if len(deltas) > 1 else None,
                                              ci95=(-1.0, 1.0) if len(deltas) > 1 else None))
     return BehaviorResult(verifier="test", length_unit="words", keywords=(), groups=(), shifts=tuple(shifts),
-                          seed_shifts=tuple(seed_shifts))
+                          seed_shifts=tuple(seed_shifts), code_flag_agreement=FlagAgreement(0, 0, 0, 0))
 
 
 def _shift(delta=0.0833, ci95=(-0.021, 0.19), p_value=0.123, n_prompts=40):

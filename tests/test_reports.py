@@ -338,3 +338,16 @@ def test_report_command_passes_kl_and_fisher_to_the_three_gate_report(docs, tmp_
         main(["report", "sparsity", str(tmp_path / "diff.json"), "-o", str(tmp_path / "s"),
               "--kl", str(tmp_path / "kl.json")])
     assert refused.value.code == 2 and "unrecognized arguments: --kl" in capsys.readouterr().err
+
+
+def test_gate_one_says_on_policy_only_when_the_kl_file_says_so(results, tmp_path):
+    def gate_one(sampling: dict) -> str:
+        kl = KLResult.from_json({**_kl_doc(), "sampling": sampling})
+        out = tmp_path / str(len(sampling))
+        markdown = render_three_gate_report(results["bf16"], out, kl=kl).with_suffix(".md").read_text()
+        return markdown.split("## Gate I")[1].split("## Gate II")[0]
+
+    read_from_file = gate_one({"on_policy": False, "chat_template": True})
+    assert "on-policy" not in read_from_file and "off-policy" in read_from_file
+    sampled = gate_one({"on_policy": True, "samples_per_prompt": 4, "temperature": 1.0})
+    assert "on-policy" in sampled and "off-policy" not in sampled

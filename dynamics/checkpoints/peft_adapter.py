@@ -1,4 +1,5 @@
-"""A PEFT LoRA adapter merged onto its base checkpoint, tensor by tensor: W + scale·(B @ A).
+"""A PEFT LoRA adapter merged onto its base checkpoint, tensor by tensor: W + scale·(B @ A), or for
+DoRA m / ‖W + scale·(B @ A)‖_row · (W + scale·(B @ A)), with m the saved magnitude vector.
 
 Read from adapter_config.json and the adapter weights only; PEFT itself is never imported.
 """
@@ -27,10 +28,11 @@ KEY_PREFIX = "base_model.model."
 _LINEAR_KEY = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_[AB])(?:\.[^.]+)?\.weight$")
 _EMBEDDING_KEY = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_embedding_[AB])(?:\.[^.]+)?$")
 # Full copies that replace a base tensor: modules_to_save, and base layers saved with the adapter.
+_MAGNITUDE_KEY = re.compile(r"^(?P<module>.+?)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$")
 _COPY_KEY = re.compile(r"^(?P<module>.+?)\.(?:modules_to_save\.[^.]+|base_layer)\.(?P<param>[^.]+)$")
-# adapter_config.json fields that turn on a LoRA variant whose merge is not W + scale·(B @ A) (PEFT 0.21).
+# adapter_config.json fields that turn on a LoRA variant merged neither as LoRA nor as DoRA (PEFT 0.21).
 LORA_VARIANT_FIELDS = (
-    "use_dora", "use_qalora", "use_bdlora", "alora_invocation_tokens",
+    "use_qalora", "use_bdlora", "alora_invocation_tokens",
     "velora_config", "monteclora_config", "arrow_config", "kasa_config",
 )
 # Adapter module names are matched to base names as they are, else without or with `model.`.
@@ -52,10 +54,11 @@ class LoraConfig:
     rank_pattern: dict[str, int]
     alpha_pattern: dict[str, float]
     modules_to_save: tuple[str, ...]
+    use_dora: bool = False
 
     @classmethod
     def read(cls, file: Path) -> LoraConfig:
-        """Parse `file`; any PEFT type but plain LoRA (no variant such as DoRA) is a CheckpointError."""
+        """Parse `file`; any PEFT type but LoRA, or a LoRA variant other than DoRA, is a CheckpointError."""
         try:
             raw = json.loads(file.read_text())
             peft_type = raw.get("peft_type")
@@ -70,13 +73,14 @@ class LoraConfig:
                 rank_pattern=dict(raw.get("rank_pattern") or {}),
                 alpha_pattern=dict(raw.get("alpha_pattern") or {}),
                 modules_to_save=tuple(raw.get("modules_to_save") or ()),
+                use_dora=bool(raw.get("use_dora", False)),
             )
         except (OSError, ValueError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{file}: not a readable adapter config ({e})") from e
         if peft_type != "LORA":
             raise CheckpointError(f"{file}: PEFT type {peft_type} is not supported (LoRA only)")
         if variants:
-            raise CheckpointError(f"{file}: LoRA variant {', '.join(variants)} is not supported (plain LoRA only)")
+            raise CheckpointError(f"{file}: LoRA variant {', '.join(variants)} is not supported (LoRA and DoRA only)")
         return config
 
     def rank_and_scale(self, module: str) -> tuple[int, float]:
@@ -95,20 +99,29 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class LoraMerge:
-    """One LoRA update: adapter keys of A (r × in) and B (out × r), its scale, and whether the update
-    is (B @ A)ᵀ: for fan_in_fan_out weights stored (in, out), and for embeddings (A is r × vocab)."""
+    """One LoRA update: adapter keys of A (r × in) and B (out × r), its scale, whether the update
+    is (B @ A)ᵀ: for fan_in_fan_out weights stored (in, out), and for embeddings (A is r × vocab),
+    and for DoRA the key of the magnitude vector m (one entry per output feature)."""
 
     a_key: str
     b_key: str
     scale: float
     transpose: bool
+    magnitude_key: str | None = None
 
-    def apply(self, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """W + scale·(B @ A) (or its transpose) in float32, cast back to W's dtype."""
-        delta = b.float() @ a.float()
+    def apply(self, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+              magnitude: torch.Tensor | None = None) -> torch.Tensor:
+        """W + scale·(B @ A) (or its transpose) in float32, cast back to W's dtype. DoRA, as peft's
+        merge: V = W + Δ in (out, in) layout, W' = (m / ‖V‖₂ per output row) · V."""
+        delta = (b.float() @ a.float()) * self.scale
         if self.transpose:
             delta = delta.T
-        return (weight.float() + self.scale * delta).to(weight.dtype).contiguous()
+        merged = weight.float() + delta
+        if magnitude is not None:
+            rows = merged.T if self.transpose else merged
+            factor = (magnitude.float() / torch.linalg.norm(rows, dim=1)).view(-1, 1)
+            merged = (factor * rows).T if self.transpose else factor * rows
+        return merged.to(weight.dtype).contiguous()
 
 
 def open_lora_adapter(path: Path, folder: Path, adapter_file: Path, base: Checkpoint) -> Checkpoint:
@@ -135,7 +148,10 @@ def open_lora_adapter(path: Path, folder: Path, adapter_file: Path, base: Checkp
             raise CheckpointError(f"{path}: no tensor named {name}")
         weight = adapter.read(copies[name]) if name in copies else base.read(base.tied.get(name, name))
         merge = merges.get(name)
-        return weight if merge is None else merge.apply(weight, adapter.read(merge.a_key), adapter.read(merge.b_key))
+        if merge is None:
+            return weight
+        magnitude = None if merge.magnitude_key is None else adapter.read(merge.magnitude_key)
+        return merge.apply(weight, adapter.read(merge.a_key), adapter.read(merge.b_key), magnitude)
 
     locations = {name: loc for name, loc in base.locations.items() if name not in merges and name not in copies}
     locations.update({n: adapter.locations[k] for n, k in copies.items() if n not in merges and k in adapter.locations})
@@ -146,9 +162,10 @@ def open_lora_adapter(path: Path, folder: Path, adapter_file: Path, base: Checkp
         notes.append(f"adapter module names matched to the base {mapping}")
     notes += tie_notes
     rslora = ", rslora" if config.use_rslora else ""
+    variant = "DoRA" if config.use_dora else "LoRA"
     return Checkpoint(
         path,
-        f"PEFT LoRA adapter (r={config.r}, alpha={config.alpha:g}{rslora}) on {base.format}",
+        f"PEFT {variant} adapter (r={config.r}, alpha={config.alpha:g}{rslora}) on {base.format}",
         tensors,
         read,
         notes=notes,
@@ -162,9 +179,12 @@ def _plan(adapter: Checkpoint, config: LoraConfig, adapter_file: Path) -> tuple[
     """(tensor name -> LoRA merge, tensor name -> adapter key of a full copy), in the adapter's names."""
     parts: dict[str, dict[str, str]] = {}
     copies: dict[str, str] = {}
+    magnitudes: dict[str, str] = {}
     for key in adapter.tensors:
         name = key.removeprefix(KEY_PREFIX)
-        if found := _LINEAR_KEY.match(name) or _EMBEDDING_KEY.match(name):
+        if config.use_dora and (found := _MAGNITUDE_KEY.match(name)):
+            magnitudes[found["module"]] = key
+        elif found := _LINEAR_KEY.match(name) or _EMBEDDING_KEY.match(name):
             parts.setdefault(found["module"], {})[found["part"]] = key
         elif found := _COPY_KEY.match(name):
             copies[f"{found['module']}.{found['param']}"] = key
@@ -189,7 +209,18 @@ def _plan(adapter: Checkpoint, config: LoraConfig, adapter_file: Path) -> tuple[
             raise CheckpointError(
                 f"{adapter_file}: {module}: A {list(a_shape)} and B {list(b_shape)} are not rank-{r} LoRA matrices"
             )
-        merges[f"{module}.weight"] = LoraMerge(a_key, b_key, scale, transpose=embedding or config.fan_in_fan_out)
+        magnitude = magnitudes.pop(module, None)
+        if config.use_dora and (embedding or magnitude is None):
+            raise CheckpointError(f"{adapter_file}: {module}: DoRA is supported on linear layers with a "
+                                  "lora_magnitude_vector only")
+        if magnitude is not None and adapter.tensors[magnitude].shape != (b_shape[0],):
+            raise CheckpointError(f"{adapter_file}: {magnitude}: shape {list(adapter.tensors[magnitude].shape)}, "
+                                  f"expected [{b_shape[0]}] (one magnitude per output feature)")
+        merges[f"{module}.weight"] = LoraMerge(a_key, b_key, scale, transpose=embedding or config.fan_in_fan_out,
+                                               magnitude_key=magnitude)
+    if magnitudes:
+        raise CheckpointError(f"{adapter_file}: tensor {next(iter(magnitudes.values()))}: a DoRA magnitude "
+                              "without its LoRA A and B")
     return merges, copies
 
 
