@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import Qwen2ForCausalLM
 
@@ -71,6 +70,7 @@ def test_rank_r_keeps_exactly_the_reported_energy(pair, tmp_path):
 
 
 def test_peft_loads_the_adapter_and_merge_and_unload_matches(pair, tmp_path):
+    from peft import PeftModel  # imported here: peft pulls in deepspeed, which other tests check stays unloaded
     base, tuned = pair
     extraction = extract_lora(base, tuned, tmp_path / "e90", energy=0.6)
     ranks = {m.module: m.rank for m in extraction.modules}
