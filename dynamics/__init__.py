@@ -9,7 +9,7 @@ masks), `select` and the mask combinators (which weights to train), `apply_mask`
 `adapter_capacity` / `extract_lora` (which LoRA rank an update needs; the adapter itself), and
 `paper_metrics` (the Path Not Taken's and Small Subnetworks' own definitions).
 
-Names are imported on first use (PEP 562), so `dynamics diff` does not load the PEFT-study modules.
+Names are imported on first use (PEP 562), so `dynamics diff` loads few of the PEFT-study modules.
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
+    # `overlap` and `paper_metrics` name both a submodule and its function: importing the submodule sets
+    # the package attribute to the module, so those two are bound eagerly below, after this function.
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'dynamics' has no attribute {name!r}")
@@ -80,6 +82,9 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
+from dynamics.overlap import overlap  # see __getattr__
+from dynamics.paper_metrics import paper_metrics
+
 if TYPE_CHECKING:
     from dynamics.api import diff, diff_many, open_pair
     from dynamics.checkpoints import Checkpoint, TensorInfo, open_checkpoint
@@ -87,9 +92,7 @@ if TYPE_CHECKING:
     from dynamics.errors import CheckpointError, DynamicsError, MaskError, PairingError
     from dynamics.lora_extract import adapter_capacity, extract_lora
     from dynamics.masked_training import apply_mask
-    from dynamics.overlap import overlap
     from dynamics.overlap_result import OverlapResult
-    from dynamics.paper_metrics import paper_metrics
     from dynamics.result import DiffResult, TensorRecord
     from dynamics.selection import complement, from_diff, intersection, random_like, select, union
     from dynamics.subspace_overlap import update_subspace_overlap
