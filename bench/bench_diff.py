@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -25,34 +24,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_pair import write_pair
+from timing import drop_cache, weight_files
 
 BLOCK = 64 * 1024**2
-
-
-def weight_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.safetensors"))
-
-
-def drop_cache(folders: list[Path]) -> None:
-    for folder in folders:
-        for file in weight_files(folder):
-            fd = os.open(file, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 def time_read(folders: list[Path]) -> float:
     buffer = bytearray(BLOCK)
     view = memoryview(buffer)
     start = time.perf_counter()
-    for folder in folders:
-        for file in weight_files(folder):
-            with open(file, "rb", buffering=0) as f:
-                while f.readinto(view):
-                    pass
+    for file in weight_files(folders):
+        with open(file, "rb", buffering=0) as f:
+            while f.readinto(view):
+                pass
     return time.perf_counter() - start
 
 
@@ -108,7 +92,7 @@ def main() -> None:
         start = time.perf_counter()
         write_pair(args.work, args.layers, args.device)
         print(f"wrote synthetic pair in {time.perf_counter() - start:.1f} s", flush=True)
-    total = sum(f.stat().st_size for folder in (a, b) for f in weight_files(folder))
+    total = sum(f.stat().st_size for f in weight_files([a, b]))
 
     rows = []
     for label, fn in (
