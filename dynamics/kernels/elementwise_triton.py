@@ -338,8 +338,8 @@ def _slow_tile(A, B, a, b, cnt, idx, ssd, sad, ssa, ssb, mx,
     cnt = _count(cnt, idx, _C_MOVED, moved)
     cnt = _count(cnt, idx, _C_NONFINITE_PAIRS, ~finite)
     cnt = _count(cnt, idx, _C_CHANGED_NONFINITE, changed & ~finite)
-    cnt = _count(cnt, idx, _C_NAN_A, a != a)
-    cnt = _count(cnt, idx, _C_NAN_B, b != b)
+    cnt = _count(cnt, idx, _C_NAN_A, a != a)  # noqa: PLR0124 (x != x is NaN in a Triton kernel)
+    cnt = _count(cnt, idx, _C_NAN_B, b != b)  # noqa: PLR0124
     cnt = _count(cnt, idx, _C_INF_A, tl.abs(a) == _INF)
     cnt = _count(cnt, idx, _C_INF_B, tl.abs(b) == _INF)
     if KIND == 2:
@@ -700,11 +700,11 @@ def launch_element_stats(a: torch.Tensor, b: torch.Tensor, config: KernelConfig 
     a_bits = a.reshape(-1).view(view) if words else a.view(view)
     b_bits = b.reshape(-1).view(view) if words else b.view(view)
     scalars = (rows, cols // 2 if words else cols, n_tiles_r, n_tiles)
-    kwargs = dict(
-        KIND=_KIND[a.dtype], BR=br, BC=bc, GROUP=config.group, MASKED=masked, ROWCOL=is_matrix,
-        USE_PTX=device.type == "cuda", WORDS=words,
-        num_warps=config.num_warps, enable_fp_fusion=False,
-    )
+    kwargs = {
+        "KIND": _KIND[a.dtype], "BR": br, "BC": bc, "GROUP": config.group, "MASKED": masked, "ROWCOL": is_matrix,
+        "USE_PTX": device.type == "cuda", "WORDS": words,
+        "num_warps": config.num_warps, "enable_fp_fusion": False,
+    }
 
     def outputs(programs: int) -> tuple[torch.Tensor, ...]:
         counts = torch.empty((programs, NUM_COUNTERS), dtype=torch.int64, device=device)
