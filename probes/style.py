@@ -1,0 +1,123 @@
+"""p(style): the exact probability that a model opens its response with one of a list of style openings.
+
+For a prompt x and openings o¹…oᴷ (token sequences o = o_1…o_L, each tokenised on its own and appended to
+the prompt's tokens, as a sampler's tokens would follow them)
+    p_style(x) = Σ_k Π_t π(o^k_t | x, o^k_<t)
+teacher-forced, no sampling noise. The openings must be prefix-free after tokenisation (no opening's tokens
+begin another's, no two equal), so the events are disjoint and the sum is a probability; otherwise refused.
+The forward pass runs in float32 (no autocast), the log-softmax in float32, the sum over t in float64.
+Records: one JSON object per line (prompt_id, step, p_style, run, seed, reward), like generations jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from dynamics.documents import atomic_path, jsonl_records
+from dynamics.errors import DynamicsError
+from probes.sampling import encode_prompts
+
+
+class StyleError(DynamicsError):
+    """Openings that cannot define p(style), or a style records file that cannot be read (names the file)."""
+
+
+@dataclass(frozen=True)
+class StyleRecord:
+    prompt_id: str
+    step: int
+    p_style: float
+    run: str = "run"
+    seed: int = 0
+    reward: str = "none"
+
+
+def opening_token_ids(tokenizer: PreTrainedTokenizerBase, openings: Sequence[str]) -> list[list[int]]:
+    """Each opening's token ids (no special tokens); raises StyleError unless they are non-empty and prefix-free."""
+    if not openings:
+        raise StyleError("style openings: none given")
+    ids = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in openings]
+    for opening, tokens in zip(openings, ids):
+        if not tokens:
+            raise StyleError(f"style opening {opening!r}: tokenises to no tokens")
+    for i, a in enumerate(ids):
+        for j, b in enumerate(ids):
+            if i != j and len(a) <= len(b) and b[:len(a)] == a:
+                raise StyleError(f"style openings {openings[i]!r} and {openings[j]!r}: not prefix-free after "
+                                 f"tokenisation ({a} begins {b}); p(style) would count one event twice")
+    return ids
+
+
+def _opening_log_prob(model: PreTrainedModel, encoded: dict, opening: list[int]) -> torch.Tensor:
+    """log Π_t π(o_t | prompt, o_<t) per prompt row, float64 (log-softmax in float32)."""
+    rows = encoded["input_ids"].shape[0]
+    device = encoded["input_ids"].device
+    tail = torch.tensor(opening, device=device).expand(rows, -1)
+    input_ids = torch.cat([encoded["input_ids"], tail], dim=1)
+    attention = torch.cat([encoded["attention_mask"], torch.ones_like(tail)], dim=1)
+    position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    # The logit at position t predicts token t + 1: the last L + 1 positions predict o_1…o_L (and one past it).
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, use_cache=False,
+                   logits_to_keep=len(opening) + 1).logits
+    log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    return log_probs.gather(-1, tail.unsqueeze(-1)).squeeze(-1).double().sum(dim=1)
+
+
+@torch.no_grad()
+def style_probability(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                      openings: list[str], batch_size: int = 64) -> torch.Tensor:
+    """p_style(x) = Σ_k Π_t π(o^k_t | x, o^k_<t) for every prompt x (already formatted), float64 on the CPU.
+
+    Prompts are left-padded in batches of `batch_size`, positions follow the attention mask (as in
+    probes/sampling.py), so padding never changes a row's value. Raises StyleError for openings that are empty
+    or not prefix-free after tokenisation.
+    """
+    ids = opening_token_ids(tokenizer, openings)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            encoded = encode_prompts(tokenizer, prompts[start:start + batch_size], device)
+            log_p = torch.stack([_opening_log_prob(model, encoded, opening) for opening in ids])
+            out.append(log_p.exp().sum(dim=0).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def write_style_records(records: Iterable[StyleRecord], path: str | Path, append: bool = False) -> None:
+    """Write (or append to) a style records jsonl file; a fresh file is written atomically."""
+    path = Path(path)
+    text = "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in records)
+    if append and path.exists():
+        with path.open("a") as f:
+            f.write(text)
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def read_style_records(path: str | Path) -> list[StyleRecord]:
+    """All lines of a style records jsonl file; a malformed line raises StyleError naming the file and line."""
+    out = []
+    for number, record in jsonl_records(path, StyleError):
+        if not isinstance(record, dict) or not isinstance(record.get("prompt_id"), str) \
+                or not isinstance(record.get("p_style"), (int, float)) or isinstance(record.get("p_style"), bool):
+            raise StyleError(f"{path}:{number}: a line needs a string 'prompt_id' and a number 'p_style'")
+        known = {k: v for k, v in record.items() if k in StyleRecord.__dataclass_fields__}
+        try:
+            out.append(StyleRecord(prompt_id=known["prompt_id"], step=int(known.get("step", 0)),
+                                   p_style=float(known["p_style"]), run=str(known.get("run", "run")),
+                                   seed=int(known.get("seed", 0)), reward=str(known.get("reward", "none"))))
+        except (TypeError, ValueError) as e:
+            raise StyleError(f"{path}:{number}: {e}") from e
+    return out
