@@ -118,9 +118,18 @@ def format_kl(result) -> str:
               f"median {result.kl_median_per_token:.4g}, p95 {result.kl_p95_per_token:.4g}"),
              f"  KL(base || tuned) per token: mean {result.kl_reverse_mean_per_token:.4g}",
              f"  KL per sequence (sum over its tokens): mean {result.kl_mean_per_sequence:.4g}",
+             *_kl_position_lines(result.kl_by_position),
              "  largest contributions (token: sum over occurrences, count):"]
     lines += [f"    {t.token!r}: {t.kl_sum:.4g} ({t.count}×)" for t in result.top_tokens[:10]]
     return "\n".join(lines)
+
+
+def _kl_position_lines(split: dict | None) -> list[str]:
+    if not split:
+        return []
+    cells = [f"{name} {100 * c['share']:.1f}% ({c['tokens']} tokens)" if c["share"] is not None
+             else f"{name} n/a ({c['tokens']} tokens)" for name, c in split.items()]
+    return ["  share of the KL sum at the first response token / digit tokens / the rest: " + ", ".join(cells)]
 
 
 def run_fisher(args: argparse.Namespace) -> None:
