@@ -186,10 +186,13 @@ def _fmt(value: float, metric: str) -> str:
 
 def format_behavior(result) -> str:
     """Groups and shifts as text tables; every estimate is printed with its 95% CI, never bare."""
-    from probes.behavior import OUR_METRICS, PAPER_METRICS, SMALL_BENCHMARK_PROMPTS
+    from probes.behavior import OUR_METRICS, PAPER_METRICS, SAMPLED_METRICS, SMALL_BENCHMARK_PROMPTS
 
     lines = [f"Behavior ({result.verifier}; length in {result.length_unit}); mean [95% CI over prompts]"]
-    for title, metrics in (("ours", OUR_METRICS), ("the papers' definitions (REFERENCES.md)", PAPER_METRICS)):
+    tables = [("ours (greedy responses)", OUR_METRICS), ("the papers' definitions (REFERENCES.md)", PAPER_METRICS)]
+    if any(g.values[m] is not None for g in result.groups for m in SAMPLED_METRICS):
+        tables.append(("sampled responses: per-prompt mean over its samples", SAMPLED_METRICS))
+    for title, metrics in tables:
         header = f"{'run':<18}{'step':>6}{'seed':>5}{'prompts':>8}  " + "  ".join(f"{m:<24}" for m in metrics)
         lines += ["", f"{title}:", header, "-" * len(header)]
         for g in result.groups:
