@@ -189,8 +189,10 @@ def _estimate(per_prompt: dict[str, float], bootstrap: int, seed: int) -> Metric
     return MetricEstimate(float(values.mean()), bootstrap_mean_ci(values, bootstrap, seed))
 
 
-def _shift(before: dict[str, float], after: dict[str, float], bootstrap: int, permutations: int,
-           seed: int) -> tuple[float, tuple[float, float], float | None, bool, int] | None:
+def prompt_shift(before: dict[str, float], after: dict[str, float], bootstrap: int, permutations: int,
+                 seed: int) -> tuple[float, tuple[float, float], float | None, bool, int] | None:
+    """(delta, 95% CI, p, paired, n) of mean(after) − mean(before) over prompt_id → value maps: paired when both
+    saw the same prompts (bootstrap of differences, sign-flip p), else unpaired (p None); None if one is empty."""
     if not before or not after:
         return None
     if set(before) == set(after):
@@ -201,6 +203,17 @@ def _shift(before: dict[str, float], after: dict[str, float], bootstrap: int, pe
     a, b = np.array(list(before.values())), np.array(list(after.values()))
     return (float(b.mean() - a.mean()), unpaired_difference_ci(a, b, bootstrap, seed), None, False,
             min(len(a), len(b)))
+
+
+def across_seeds(shifts: Sequence[Shift]) -> tuple[SeedShift, ...]:
+    """Per (run, from step, to step, metric): mean, std (ddof 1) and Student-t interval of the seeds' deltas."""
+    per_seed: dict[tuple[str, str, int, int, str], list[float]] = defaultdict(list)
+    for sh in shifts:
+        per_seed[(sh.run, sh.reward, sh.from_step, sh.to_step, sh.metric)].append(sh.delta)
+    return tuple(
+        SeedShift(run, reward, a, b, m, len(d), float(np.mean(d)),
+                  float(np.std(d, ddof=1)) if len(d) > 1 else None, seed_interval(np.array(d)))
+        for (run, reward, a, b, m), d in sorted(per_seed.items()))
 
 
 def behavior_probe(generations: Sequence[Generation], tokenizer=None, keywords: tuple[str, ...] | None = None,
@@ -233,18 +246,12 @@ def behavior_probe(generations: Sequence[Generation], tokenizer=None, keywords: 
     for (run, s), steps in sorted(steps_of.items()):
         for step in steps[1:]:
             for m in METRICS:
-                found = _shift(means[(run, steps[0], s)][m], means[(run, step, s)][m], bootstrap, permutations, seed)
+                found = prompt_shift(means[(run, steps[0], s)][m], means[(run, step, s)][m], bootstrap, permutations, seed)
                 if found is not None:
                     delta, ci, p, paired, n = found
                     shifts.append(Shift(run, s, reward[run], steps[0], step, m, delta, ci, p, paired, n))
 
-    per_seed: dict[tuple[str, int, int, str], list[float]] = defaultdict(list)
-    for sh in shifts:
-        per_seed[(sh.run, sh.from_step, sh.to_step, sh.metric)].append(sh.delta)
-    seed_shifts = tuple(
-        SeedShift(run, reward[run], a, b, m, len(d), float(np.mean(d)),
-                  float(np.std(d, ddof=1)) if len(d) > 1 else None, seed_interval(np.array(d)))
-        for (run, a, b, m), d in sorted(per_seed.items()))
+    seed_shifts = across_seeds(shifts)
     agreement = FlagAgreement.count([(bool(f["code_rate"]), bool(f["code_rate_rethink_rlvr"]))
                                      for r in rows.values() for _, f in r if f["code_rate"] is not None])
     return BehaviorResult(VERIFIER, "tokens" if tokenizer is not None else "words", keywords, groups,

@@ -5,9 +5,13 @@ its statistics live here too, as plain data the report renders without computing
 - `run_rows`: per run, its seeds' parameter metrics at their last checkpoint (mean ± std across seeds)
   and each seed's behavior shift to that checkpoint, with the probe's across-seed shift;
 - `points`: every (run, seed, step) with both a series step and a behavior shift to that step;
-- `correlate`: Spearman's rank correlation of a behavior shift with a parameter metric over points.
+- `correlate`: Spearman's rank correlation of a behavior shift with a parameter metric over points, shown
+  only with at least MIN_DISTINCT_NONZERO_POINTS distinct (x, shift) points whose shift is not 0, and only
+  within one comparable group (`comparable_groups`: RL runs apart from SFT, runs that barely trained left out);
+- `zero_advantage_steps`: how many logged steps of a run had no learning signal (module constants below).
 
-Parameter metrics are registered ones (`dynamics.metrics`) read from `SeriesStep.vs_base`.
+Parameter metrics are registered ones (`dynamics.metrics`) read from `SeriesStep.vs_base`; KL and where it sits
+(`probes.kl.kl_by_position_class`) from `SeriesStep.kl`; p_style shifts from each run's style.jsonl.
 """
 
 from __future__ import annotations
@@ -23,12 +27,21 @@ from dynamics.errors import DynamicsError
 from dynamics.geometry_options import GeometryOptions
 from dynamics.runs import RunInfo, find_runs
 from dynamics.series import Series, SeriesStep, series
+from dynamics.training_log import CANONICAL_FIELDS, read_training_log
 from probes.behavior import BehaviorResult, SeedShift, Shift, behavior_probe
 from probes.generations import read_generations
+from probes.style import StyleShifts, read_style_records, style_shifts
 
 # Registered model-level metrics the comparison joins with behavior shifts, in table and panel order.
 PARAMETER_METRICS = ("bitwise_sparsity", "relative_update_norm", "principal_energy_ratio")
 MIN_POINTS_FOR_CORRELATION = 3
+MIN_DISTINCT_NONZERO_POINTS = 5  # fewer, and ρ rests on ties at 0 (issue 15: ten tied zeros and one SFT point)
+# A GRPO step has no learning signal when every reward of its rollout is equal: the logged reward std is 0, or
+# (binary rewards, std not logged) the reward mean is 0 or 1. "Most steps" = more than half the logged ones.
+ZERO_ADVANTAGE_MAJORITY = 0.5
+TRAIN_LOG = "train_log.jsonl"
+STYLE_RECORDS = "style.jsonl"
+KL_COLUMNS = ("kl_mean_per_token", "kl_share_first", "kl_share_digit")  # from SeriesStep.kl
 DEFAULT_GEOMETRY = GeometryOptions()  # the comparison always runs the matrix pass (ρ_k column)
 
 
@@ -42,6 +55,36 @@ class Comparison:
     series: tuple[Series, ...]  # one per run, same order
     behavior: BehaviorResult | None  # None when no run has a generations.jsonl
     without_generations: tuple[Path, ...]
+    style: StyleShifts | None = None  # None when no run has a style.jsonl
+    zero_advantage: tuple[ZeroAdvantage | None, ...] = ()  # per series (same order); None without a train log
+
+
+@dataclass(frozen=True)
+class ZeroAdvantage:
+    """Logged training steps of one run folder, and how many had no learning signal (module constants)."""
+
+    zero_steps: int
+    logged_steps: int
+
+    @property
+    def most(self) -> bool:
+        """More than ZERO_ADVANTAGE_MAJORITY of the logged steps had zero advantage."""
+        return self.logged_steps > 0 and self.zero_steps > ZERO_ADVANTAGE_MAJORITY * self.logged_steps
+
+
+def zero_advantage_steps(path: str | Path) -> ZeroAdvantage | None:
+    """Count the steps of a training log with reward std 0 (when logged as `reward_std`) or else a reward mean
+    (`reward_mean` or a CANONICAL_FIELDS reward spelling) of exactly 0 or 1; None when no step logs a reward."""
+    log = read_training_log(path)
+    zero = logged = 0
+    for values in log.steps.values():
+        std = values.get("reward_std")
+        mean = next((values[k] for k in ("reward_mean", *CANONICAL_FIELDS["reward"]) if k in values), None)
+        if std is None and mean is None:
+            continue
+        logged += 1
+        zero += int(std == 0) if std is not None else int(mean in (0.0, 1.0))
+    return ZeroAdvantage(zero, logged) if logged else None
 
 
 def compare_runs(paths: list[str | Path], manifest: str | Path | None = None,
@@ -55,8 +98,13 @@ def compare_runs(paths: list[str | Path], manifest: str | Path | None = None,
     with_generations = [run for run in runs if (run.path / "generations.jsonl").is_file()]
     generations = [replace(g, run=run.run, seed=run.seed, reward=run.reward) for run in with_generations
                    for g in read_generations(run.path / "generations.jsonl")]
+    records = [replace(r, run=run.run, seed=run.seed, reward=run.reward) for run in runs
+               if (run.path / STYLE_RECORDS).is_file() for r in read_style_records(run.path / STYLE_RECORDS)]
     return Comparison(tuple(runs), results, behavior_probe(generations) if generations else None,
-                      tuple(run.path for run in runs if run not in with_generations))
+                      tuple(run.path for run in runs if run not in with_generations),
+                      style_shifts(records) if records else None,
+                      tuple(zero_advantage_steps(run.path / TRAIN_LOG) if (run.path / TRAIN_LOG).is_file() else None
+                            for run in runs))
 
 
 # --- statistics ------------------------------------------------------------------------------------
@@ -92,6 +140,15 @@ class RankCorrelation:
     p_value: float | None
     n: int
     undefined: str | None = None
+
+
+def too_few_points(x: Sequence[float], y: Sequence[float]) -> str | None:
+    """Why ρ is not shown for these points, or None: fewer than MIN_DISTINCT_NONZERO_POINTS distinct (x, y)
+    pairs with y ≠ 0."""
+    distinct = len({(a, b) for a, b in zip(x, y) if b != 0})
+    if distinct < MIN_DISTINCT_NONZERO_POINTS:
+        return f"{distinct} distinct non-zero shift{'s' if distinct != 1 else ''} (< {MIN_DISTINCT_NONZERO_POINTS})"
+    return None
 
 
 def rank_correlation(x: Sequence[float], y: Sequence[float]) -> tuple[float | None, float | None]:
@@ -133,20 +190,38 @@ def runs_by_label(comparison: Comparison) -> dict[str, list[Series]]:
     return runs
 
 
-def shift_of(behavior: BehaviorResult | None, run: str, seed: int, step: int, metric: str) -> Shift | None:
-    """The behavior probe's shift of `metric` for (run, seed) from its first step to `step`."""
+def shift_of(behavior: BehaviorResult | StyleShifts | None, run: str, seed: int, step: int,
+             metric: str) -> Shift | None:
+    """The behavior probe's (or style records') shift of `metric` for (run, seed) from its first step to `step`."""
     if behavior is None:
         return None
     return next((s for s in behavior.shifts if s.run == run and s.seed == seed and s.to_step == step
                  and s.metric == metric), None)
 
 
-def seed_shift_of(behavior: BehaviorResult | None, run: str, step: int, metric: str) -> SeedShift | None:
+def seed_shift_of(behavior: BehaviorResult | StyleShifts | None, run: str, step: int,
+                  metric: str) -> SeedShift | None:
     """The behavior probe's across-seed shift of `metric` for `run` to `step`."""
     if behavior is None:
         return None
     return next((s for s in behavior.seed_shifts if s.run == run and s.to_step == step and s.metric == metric),
                 None)
+
+
+def kl_value(step: SeriesStep, name: str) -> float | None:
+    """A KL_COLUMNS value of a series step: the mean KL per token, or the share of the KL sum at the first
+    response token / at digit tokens (`probes.kl.kl_by_position_class`); None where not measured."""
+    if step.kl is None:
+        return None
+    if name == "kl_mean_per_token":
+        return step.kl.get("kl_mean_per_token")
+    split = step.kl.get("kl_by_position") or {}
+    return (split.get(name.removeprefix("kl_share_")) or {}).get("share")
+
+
+def shift_source(comparison: Comparison, metric: str) -> BehaviorResult | StyleShifts | None:
+    """Where the shifts of `metric` come from: the style records for "p_style", else the behavior probe."""
+    return comparison.style if metric == "p_style" else comparison.behavior
 
 
 @dataclass(frozen=True)
@@ -158,6 +233,8 @@ class RunRow:
     seed_shift: behavior metric → the probe's across-seed shift to the latest of those steps.
     shift_spread: behavior metric → the seeds' shifts, with the probe's across-seed mean and std where
         it has one, else their own (`seed_spread`).
+    kl: KL_COLUMNS name → its spread over the seeds at their last checkpoint.
+    zero_advantage: per seed, its training log's zero-advantage count (None without a log).
     """
 
     run: str
@@ -168,19 +245,27 @@ class RunRow:
     shifts: dict[str, tuple[Shift | None, ...]]
     seed_shift: dict[str, SeedShift | None]
     shift_spread: dict[str, Spread]
+    kl: dict[str, Spread]
+    zero_advantage: tuple[ZeroAdvantage | None, ...]
+
+    @property
+    def idle_seeds(self) -> tuple[int, ...]:
+        """Seeds whose advantage was zero for most logged steps."""
+        return tuple(seed for seed, z in zip(self.seeds, self.zero_advantage) if z is not None and z.most)
 
 
 def run_rows(comparison: Comparison, shift_metrics: Sequence[str]) -> list[RunRow]:
     """Every run of the comparison at its seeds' last checkpoints (see `RunRow`)."""
     rows = []
+    idle = dict(zip((id(s) for s in comparison.series), comparison.zero_advantage))
     for label, seeds in runs_by_label(comparison).items():
         last = [s.steps[-1] for s in seeds]
         latest = max(step.step for step in last)
         shifts, seed_shift, shift_spread = {}, {}, {}
         for metric in shift_metrics:
-            per_seed = tuple(shift_of(comparison.behavior, label, s.run["seed"], step.step, metric)
-                             for s, step in zip(seeds, last))
-            across = seed_shift_of(comparison.behavior, label, latest, metric)
+            source = shift_source(comparison, metric)
+            per_seed = tuple(shift_of(source, label, s.run["seed"], step.step, metric) for s, step in zip(seeds, last))
+            across = seed_shift_of(source, label, latest, metric)
             deltas = tuple(s.delta for s in per_seed if s is not None)
             own = seed_spread(deltas)
             if across is not None:
@@ -191,7 +276,9 @@ def run_rows(comparison: Comparison, shift_metrics: Sequence[str]) -> list[RunRo
             last_steps=tuple(step.step for step in last),
             parameters={name: seed_spread([parameter_value(step, name) for step in last])
                         for name in PARAMETER_METRICS},
-            shifts=shifts, seed_shift=seed_shift, shift_spread=shift_spread))
+            shifts=shifts, seed_shift=seed_shift, shift_spread=shift_spread,
+            kl={name: seed_spread([kl_value(step, name) for step in last]) for name in KL_COLUMNS},
+            zero_advantage=tuple(idle.get(id(s)) for s in seeds)))
     return rows
 
 
@@ -208,9 +295,11 @@ class Point:
 
 
 def points(comparison: Comparison) -> list[Point]:
-    """Every (run, seed, step) that has both a series step and behavior shifts to that step, one point
-    per shift (metric), in series then step then shift order."""
-    if comparison.behavior is None:
+    """Every (run, seed, step) that has both a series step and behavior (or p_style) shifts to that step, one
+    point per shift (metric), in series then step then shift order."""
+    shifts = [*(comparison.behavior.shifts if comparison.behavior else ()),
+              *(comparison.style.shifts if comparison.style else ())]
+    if not shifts:
         return []
     out = []
     for s in comparison.series:
@@ -221,8 +310,7 @@ def points(comparison: Comparison) -> list[Point]:
         for step in s.steps:
             parameters = {name: parameter_value(step, name) for name in PARAMETER_METRICS}
             out += [Point(label, s.run["reward"], seed, step.step, shift, parameters)
-                    for shift in comparison.behavior.shifts
-                    if shift.run == label and shift.seed == seed and shift.to_step == step.step]
+                    for shift in shifts if shift.run == label and shift.seed == seed and shift.to_step == step.step]
     return out
 
 
@@ -232,12 +320,28 @@ def correlate(chosen: Sequence[Point], parameter: str, positive_only: bool = Fal
     and Spearman's ρ of their behavior shift against it; `undefined` says why ρ is not defined."""
     kept = [p for p in chosen if p.parameters[parameter] is not None
             and (not positive_only or p.parameters[parameter] > 0)]
-    x = [p.parameters[parameter] for p in kept]
-    rho, p_value = rank_correlation(x, [p.shift.delta for p in kept])
-    undefined = None
+    x, y = [p.parameters[parameter] for p in kept], [p.shift.delta for p in kept]
+    undefined = too_few_points(x, y)
+    if undefined is not None:
+        return kept, RankCorrelation(None, None, len(x), undefined)
+    rho, p_value = rank_correlation(x, y)
     if rho is None:
         if len(x) < MIN_POINTS_FOR_CORRELATION:
             undefined = f"< {MIN_POINTS_FOR_CORRELATION} points"
         else:
             undefined = "shift constant" if len({p.shift.delta for p in kept}) < 2 else "x constant"
     return kept, RankCorrelation(rho, p_value, len(x), undefined)
+
+
+def comparable_groups(chosen: Sequence[Point], comparison: Comparison) -> tuple[dict[str, list[Point]],
+                                                                                  list[tuple[str, int]]]:
+    """Points split into "RL" (every reward but sft) and "SFT", leaving out the (run, seed) folders whose
+    advantage was zero for most steps (they did not train, so their parameter change says nothing); returns
+    the groups with points and the (run, seed) pairs left out."""
+    idle = {(s.run["run"], s.run["seed"]) for s, z in zip(comparison.series, comparison.zero_advantage)
+            if s.run and z is not None and z.most}
+    groups: dict[str, list[Point]] = {}
+    for p in chosen:
+        if (p.run, p.seed) not in idle:
+            groups.setdefault("SFT" if p.reward == "sft" else "RL", []).append(p)
+    return groups, sorted(idle)

@@ -10,6 +10,8 @@ Records: one JSON object per line (prompt_id, step, p_style, run, seed, reward),
 `style_probe` (`dynamics probe style`): per model the mean of p_style over prompts with a 95% bootstrap CI over
 prompts, and its shift vs the first model, mean over prompts of p_style(model) − p_style(first), with a paired
 bootstrap CI and a paired sign-flip permutation p (the prompts are the same for every model).
+`style_shifts` (a run's style.jsonl over training): per (run, seed) every step against its first, metric
+"p_style", as the behavior probe's shifts (paired on prompt_id), and across seeds a t-interval.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from dynamics.devices import resolve_device
 from dynamics.documents import STYLE_SCHEMA, atomic_path, check_schema, finite_json, jsonl_records
 from dynamics.errors import DynamicsError
+from probes.behavior import SeedShift, Shift, across_seeds, prompt_shift
 from probes.models import Prompt, format_for_model, load_model, probe_tokenizer
 from probes.sampling import encode_prompts
 from probes.statistics import bootstrap_mean_ci, paired_difference_ci, paired_permutation_p
@@ -197,3 +200,31 @@ def style_probe(models: Sequence[str | Path], prompts: Sequence[Prompt], opening
         del model
     return summarize_style([str(m) for m in models], np.stack(values), openings, [p.prompt_id for p in prompts],
                            bootstrap, permutations, seed)
+
+
+@dataclass(frozen=True)
+class StyleShifts:
+    """p_style shifts of runs over training, in the behavior probe's types (metric "p_style")."""
+
+    shifts: tuple[Shift, ...]
+    seed_shifts: tuple[SeedShift, ...]
+
+
+def style_shifts(records: Sequence[StyleRecord], bootstrap: int = 2000, permutations: int = 10000,
+                 seed: int = 0) -> StyleShifts:
+    """Per (run, seed) each later step's mean p_style − the first step's, over prompts (`prompt_shift`: paired
+    on prompt_id when both steps scored the same prompts), then `across_seeds`."""
+    values: dict[tuple[str, int], dict[int, dict[str, float]]] = {}
+    reward: dict[str, str] = {}
+    for r in records:
+        values.setdefault((r.run, r.seed), {}).setdefault(r.step, {})[r.prompt_id] = r.p_style
+        reward[r.run] = r.reward
+    shifts = []
+    for (run, run_seed), by_step in sorted(values.items()):
+        steps = sorted(by_step)
+        for step in steps[1:]:
+            found = prompt_shift(by_step[steps[0]], by_step[step], bootstrap, permutations, seed)
+            if found is not None:
+                delta, ci, p, paired, n = found
+                shifts.append(Shift(run, run_seed, reward[run], steps[0], step, "p_style", delta, ci, p, paired, n))
+    return StyleShifts(tuple(shifts), across_seeds(shifts))

@@ -1,7 +1,8 @@
 """Run comparison: runs labelled by reward (true, majority, format, random, incorrect, noisy-p, sft),
-their parameter metrics (from each run's series) beside their behavior shifts (from the behavior
-probe, with its confidence intervals and p-values), behavior shift against parameter metric across
-runs and steps with Spearman's rank correlation, and the spread across seeds.
+their parameter metrics and KL (from each run's series) beside their behavior shifts (from the behavior
+probe and each run's style.jsonl, with confidence intervals and p-values), behavior shift against parameter
+metric across runs and steps with Spearman's rank correlation (within RL or SFT runs, with enough distinct
+non-zero points, else the reading says why), runs without learning signal named, and the spread across seeds.
 
 The join and its statistics come from `probes.comparison` (`run_rows`, `points`, `correlate`); this
 module only renders them. A behavior shift is never shown without its interval: benchmarks of a few
@@ -19,14 +20,29 @@ from pathlib import Path
 
 from probes.behavior import METRICS as BEHAVIOR_METRICS
 from probes.behavior import SMALL_BENCHMARK_PROMPTS, BehaviorResult, SeedShift, Shift
-from probes.comparison import PARAMETER_METRICS, Comparison, RunRow, correlate, points, run_rows
+from probes.comparison import (
+    KL_COLUMNS,
+    MIN_DISTINCT_NONZERO_POINTS,
+    PARAMETER_METRICS,
+    Comparison,
+    RunRow,
+    comparable_groups,
+    correlate,
+    points,
+    run_rows,
+)
 from reports import figures
 from reports.document import Block, Note, Paragraph, Report, Section, Table, fmt_general
 from reports.palette import MARKERS, reward_colour
 from reports.write import write_report
 
 NAME = "compare"
-SHIFT_METRICS = ("accuracy", "code_rate")  # behavior shifts in the table; the scatter shows every metric
+SHIFT_METRICS = ("accuracy", "code_rate")  # behavior shifts always in the table; the scatter shows every metric
+EXTRA_SHIFT_METRICS = ("sampled_accuracy", "sampled_code_rate", "p_style")  # in the table where measured
+SHIFT_HEADINGS = {"accuracy": "Δ accuracy", "code_rate": "Δ code rate", "sampled_accuracy": "Δ sampled accuracy",
+                  "sampled_code_rate": "Δ sampled code rate", "p_style": "Δ p(style)"}
+KL_HEADINGS = {"kl_mean_per_token": "KL / token", "kl_share_first": "KL share: 1st token",
+               "kl_share_digit": "KL share: digits"}
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,7 @@ def render_compare_report(comparison: Comparison, out_dir: Path) -> Path:
         The path of the HTML page.
     """
     out_dir = Path(out_dir)
-    rows = run_rows(comparison, SHIFT_METRICS)
+    rows = run_rows(comparison, SHIFT_METRICS + EXTRA_SHIFT_METRICS)
     report = Report(
         title="Run comparison: parameter updates and behavior",
         subtitle=[_runs_subtitle(rows), _behavior_subtitle(comparison.behavior)],
@@ -133,14 +149,38 @@ def _unbroken(text: str) -> str:
     return text.replace("-", "−").replace(" ", "\u00a0")
 
 
+def _shown_metrics(rows: list[RunRow]) -> tuple[list[str], list[str]]:
+    """The shift metrics (accuracy and code rate always, the others where any run has one) and the KL columns
+    (where any run's last checkpoint has a KL file) the table shows."""
+    extra = [m for m in EXTRA_SHIFT_METRICS if any(s is not None for row in rows for s in row.shifts[m])]
+    kl = [name for name in KL_COLUMNS if any(row.kl[name].mean is not None for row in rows)]
+    return [*SHIFT_METRICS, *extra], kl
+
+
+def _idle_note(rows: list[RunRow]) -> list[Block]:
+    """A reading, not small print, for runs whose advantage was zero for most steps."""
+    idle = [(row, seed, z) for row in rows for seed, z in zip(row.seeds, row.zero_advantage)
+            if z is not None and z.most]
+    if not idle:
+        return []
+    cases = "; ".join(f"{row.run} seed {seed} ({z.zero_steps} of {z.logged_steps} logged steps)" for row, seed, z in idle)
+    return [Paragraph(f"**No learning signal for most steps:** {cases}: every reward of the rollout was equal "
+                      "(reward std 0, or reward mean 0 or 1), so the advantage, and the policy gradient, was zero. "
+                      "Its sparsity and update norm are those of a run that barely trained, not an effect of its "
+                      "reward; it is left out of the rank correlations below.")]
+
+
 def _table_blocks(rows: list[RunRow], comparison: Comparison) -> list[Block]:
     behavior = comparison.behavior
+    shift_metrics, kl_columns = _shown_metrics(rows)
     cells_rows, smallest = [], None
     for row in rows:
         cells = [row.run, row.reward, str(len(row.seeds)), "/".join(map(str, sorted(set(row.last_steps))))]
         cells += [_spread_text(spread.values, spread.mean, spread.std, PARAMETER_AXES[name].number)
                   for name, spread in row.parameters.items()]
-        for metric in SHIFT_METRICS:
+        cells += [_spread_text(row.kl[name].values, row.kl[name].mean, row.kl[name].std,
+                               ".3g" if name == "kl_mean_per_token" else ".3f") for name in kl_columns]
+        for metric in shift_metrics:
             per_seed = row.shifts[metric]
             sizes = [s.n_prompts for s in per_seed if s is not None and s.n_prompts is not None]
             if sizes:
@@ -151,13 +191,20 @@ def _table_blocks(rows: list[RunRow], comparison: Comparison) -> list[Block]:
                 cells.append(seed_shift_text(row.seed_shift[metric], per_seed))
         cells_rows.append(cells)
     header = ["run", "reward", "seeds", "step", *(PARAMETER_AXES[name].heading for name in PARAMETER_METRICS),
-              "Δ accuracy", "Δ code rate"]
-    blocks: list[Block] = [Table(header, cells_rows, numeric_from=len(header), caption=(
-        "Parameter metrics against the base at each run's last checkpoint (seed mean ± std when several seeds; "
-        "ρ_k is undefined where Δ = 0). "
-        "Behavior shifts from the run's first generations to that checkpoint: one seed → Δ [95% bootstrap CI over "
-        "prompts], permutation p-value, n prompts; several seeds → mean ± std [95% t-interval across seeds] and "
-        "each seed's p-value."))]
+              *(KL_HEADINGS[name] for name in kl_columns), *(SHIFT_HEADINGS[m] for m in shift_metrics)]
+    caption = ("Parameter metrics against the base at each run's last checkpoint (seed mean ± std when several "
+               "seeds; ρ_k is undefined where Δ = 0). ")
+    if kl_columns:
+        caption += ("KL: mean KL(π_tuned ‖ π_base) per response token at that checkpoint (`dynamics probe kl`), and "
+                    "the share of its sum at the first response token (where the style is chosen) and at digit "
+                    "tokens. ")
+    caption += ("Behavior shifts from the run's first generations to that checkpoint (accuracy and code rate of "
+                "greedy responses; sampled ones: each prompt's mean over its samples; p(style): the exact "
+                "probability of a style opening, from the run's style.jsonl): one seed → Δ [95% bootstrap CI over "
+                "prompts], permutation p-value, n prompts; several seeds → mean ± std [95% t-interval across seeds] "
+                "and each seed's p-value.")
+    blocks: list[Block] = [Table(header, cells_rows, numeric_from=len(header), caption=caption)]
+    blocks += _idle_note(rows)
     if behavior is None:
         blocks.append(Note("No behavior shifts: none of the runs has a `generations.jsonl`. Write one per run with "
                            "`dynamics probe generate CHECKPOINT --prompts P --out RUN/generations.jsonl --run LABEL "
@@ -186,6 +233,8 @@ def _styles(groups: list[tuple[str, str]]) -> dict[str, tuple[str, str]]:
 def _metric_label(metric: str, behavior: BehaviorResult | None) -> str:
     if metric == "length":
         return f"Δ length ({behavior.length_unit if behavior is not None else 'words'})"
+    if metric == "p_style":
+        return "Δ p(style) (probability, teacher-forced)"
     return f"Δ {metric.replace('_', ' ')} (share of responses)"
 
 
@@ -195,27 +244,37 @@ def _ci(shift: Shift) -> tuple[float | None, float | None]:
 
 def _scatter_blocks(comparison: Comparison, out_dir: Path) -> list[Block]:
     behavior = comparison.behavior
-    if behavior is None:
+    if behavior is None and comparison.style is None:
         return [Note("No behavior probe results, so there is nothing to plot against the parameter metrics "
                      "(see the note above for how to write generations).")]
     joined = points(comparison)
     if not joined:
         return [Note("The behavior shifts name no (run, seed, step) that the series have: check that the "
                      "generations' run labels, seeds and steps match the checkpoints.")]
-    metrics = [m for m in BEHAVIOR_METRICS if any(p.shift.metric == m for p in joined)]
+    metrics = [m for m in (*BEHAVIOR_METRICS, "p_style") if any(p.shift.metric == m for p in joined)]
     styles = _styles(list(dict.fromkeys((p.run, p.reward) for p in joined)))
     header = ["run", "reward", "seed", "step", "metric", "delta", "ci95_low", "ci95_high", "p_value", "n_prompts",
               *PARAMETER_METRICS]
     blocks: list[Block] = []
-    table_rows = []
+    table_rows, not_shown = [], []
+    left_out: list[tuple[str, int]] = []
     for metric in metrics:
         chosen_points = [p for p in joined if p.shift.metric == metric]
+        groups, left_out = comparable_groups(chosen_points, comparison)
         cells, titles = [], []
         for name in PARAMETER_METRICS:
-            chosen, r = correlate(chosen_points, name, positive_only=PARAMETER_AXES[name].log_axis)
-            titles.append(f"Spearman ρ = {r.rho:+.2f} (p = {r.p_value:.2g}, n = {r.n})" if r.rho is not None
-                          else f"Spearman ρ: n/a, {r.undefined} (n = {r.n})")
-            table_rows.append([metric, name, fmt_general(r.rho, 2), fmt_general(r.p_value, 2), str(r.n)])
+            parts = []
+            for group, group_points in groups.items():
+                _, r = correlate(group_points, name, positive_only=PARAMETER_AXES[name].log_axis)
+                if r.rho is not None:
+                    parts.append(f"{group}: ρ = {r.rho:+.2f} (p = {r.p_value:.2g}, n = {r.n})")
+                else:
+                    parts.append(f"{group}: ρ not shown")
+                    not_shown.append(f"{metric.replace('_', ' ')} vs {name.replace('_', ' ')} in {group} runs: "
+                                     f"{r.undefined} (n = {r.n})")
+                table_rows.append([metric, group, name, fmt_general(r.rho, 2), fmt_general(r.p_value, 2), str(r.n)])
+            titles.append("; ".join(parts) if parts else "Spearman ρ: no points")
+            chosen, _ = correlate(chosen_points, name, positive_only=PARAMETER_AXES[name].log_axis)
             cells.append([(p.parameters[name], p.shift.delta, *_ci(p.shift), p.run) for p in chosen])
         fig = figures.scatter_grid([_metric_label(metric, behavior)], [PARAMETER_AXES[n].label for n in PARAMETER_METRICS],
                                    [cells], [titles], styles, [PARAMETER_AXES[n].log_axis for n in PARAMETER_METRICS])
@@ -223,14 +282,25 @@ def _scatter_blocks(comparison: Comparison, out_dir: Path) -> list[Block]:
             out_dir, f"{NAME}-{metric.replace('_', '-')}-vs-parameters", fig,
             f"{metric.replace('_', ' ').capitalize()} shift since each run's first generations (vertical bar: 95% CI "
             "over prompts) against parameter metrics of the same checkpoint against the base; one point per run, "
-            "seed and checkpoint (log axes leave out checkpoints with Δ = 0). Colour: reward; marker: run.",
+            "seed and checkpoint (log axes leave out checkpoints with Δ = 0). Colour: reward; marker: run. "
+            "Titles: Spearman ρ within RL runs and within SFT runs, never pooled.",
             header, [[p.run, p.reward, p.seed, p.step, metric, p.shift.delta, *_ci(p.shift), p.shift.p_value,
                       p.shift.n_prompts, *[p.parameters[n] for n in PARAMETER_METRICS]]
                      for p in chosen_points]))
-    blocks.append(Table(["behavior metric", "parameter metric", "Spearman ρ", "p-value", "points"], table_rows,
-                        caption="Rank correlation of each behavior shift with each parameter metric (the panel "
-                                "titles). The p-values treat the points as independent, which checkpoints of one "
-                                "run are not: read them as a guide.", numeric_from=2))
+    reading = (f"Rank correlations are shown only within one comparable group (RL runs apart from SFT, which moves "
+               f"weights by orders of magnitude more) and only with at least {MIN_DISTINCT_NONZERO_POINTS} distinct "
+               "points whose shift is not zero: with fewer, ρ and its p-value rest on ties at zero.")
+    if left_out:
+        reading += (" Left out as not trained (zero advantage for most steps): "
+                    + ", ".join(f"{run} seed {seed}" for run, seed in left_out) + ".")
+    if not_shown:
+        reading += " Not shown: " + "; ".join(not_shown) + "."
+    blocks.append(Paragraph(reading))
+    blocks.append(Table(["behavior metric", "group", "parameter metric", "Spearman ρ", "p-value", "points"],
+                        table_rows, numeric_from=3,
+                        caption="Rank correlation of each behavior shift with each parameter metric within each "
+                                "group (the panel titles; blank where not shown, see above). The p-values treat the "
+                                "points as independent, which checkpoints of one run are not: read them as a guide."))
     return blocks
 
 
@@ -242,7 +312,9 @@ def _spread_blocks(rows: list[RunRow], behavior: BehaviorResult | None, out_dir:
     colours = [reward_colour(row.reward) for row in rows]
     panels: dict[str, list[figures.Spread]] = {}
     data = []
-    for metric in SHIFT_METRICS if behavior is not None else ():
+    for metric in _shown_metrics(rows)[0] if behavior is not None else ():
+        if not any(row.shift_spread[metric].present for row in rows):
+            continue
         spreads = []
         for row in rows:
             spread = row.shift_spread[metric]

@@ -16,8 +16,18 @@ from dynamics.geometry_options import GeometryOptions
 from dynamics.runs import RunInfo, SeriesError, find_runs, read_manifest
 from dynamics.series import series
 from probes.behavior import BehaviorResult, FlagAgreement, SeedShift, Shift
-from probes.comparison import Comparison, ComparisonError, rank_correlation
+from probes.comparison import (
+    Comparison,
+    ComparisonError,
+    Point,
+    ZeroAdvantage,
+    comparable_groups,
+    correlate,
+    rank_correlation,
+    zero_advantage_steps,
+)
 from probes.generations import REWARD_LABELS, Generation, reward_family, write_generations
+from probes.style import StyleRecord, style_shifts
 from reports.compare import _styles, render_compare_report, shift_text
 from reports.palette import REWARD_COLOURS, reward_colour
 from tests.test_series import write_run
@@ -164,11 +174,13 @@ def test_scatter_panels_carry_spearman_of_their_points(series_docs, tmp_path):
     render_compare_report(_comparison(series_docs, _behavior(series_docs)), tmp_path)
     rows = list(csv.DictReader((tmp_path / "data" / "compare-accuracy-vs-parameters.csv").open()))
     assert len(rows) == len(series_docs) * (len(STEPS) - 1)  # every run, seed and checkpoint
-    x = [float(r["relative_update_norm"]) for r in rows]
-    y = [float(r["delta"]) for r in rows]
-    rho, p_value = rank_correlation(x, y)
+    rl = [r for r in rows if r["reward"] != "sft"]  # never pooled with SFT
+    rho, p_value = rank_correlation([float(r["relative_update_norm"]) for r in rl], [float(r["delta"]) for r in rl])
     markdown = (tmp_path / "compare.md").read_text()
-    assert f"| accuracy | relative_update_norm | {rho:.2g} | {p_value:.2g} | {len(rows)} |" in markdown
+    assert f"| accuracy | RL | relative_update_norm | {rho:.2g} | {p_value:.2g} | {len(rl)} |" in markdown
+    # SFT: 2 seeds × 2 checkpoints = 4 points, below 5: not shown, and the reading says why.
+    assert "| accuracy | SFT | relative_update_norm | — | — | 4 |" in markdown
+    assert "accuracy vs relative update norm in SFT runs: 4 distinct non-zero shifts (< 5) (n = 4)" in markdown
     figures = sorted(p.name for p in (tmp_path / "figures").glob("compare-*.png"))
     assert figures == ["compare-accuracy-vs-parameters.png", "compare-code-rate-vs-parameters.png",
                        "compare-seed-spread.png"]
@@ -221,3 +233,65 @@ def test_compare_rejects_series_without_labels(series_docs, tmp_path):
     unlabelled = replace(series_docs[0], run=None)
     with pytest.raises(ComparisonError, match="no run label"):
         render_compare_report(_comparison([unlabelled]), tmp_path)
+
+
+def _points(deltas: list[float], reward: str = "true") -> list[Point]:
+    return [Point("r", reward, seed, 1, _shift(delta=d), {"relative_update_norm": float(seed)})
+            for seed, d in enumerate(deltas, start=1)]
+
+
+def test_correlation_needs_five_distinct_non_zero_points():
+    # Ten tied zeros and one non-zero shift (issue 15's case): not shown, whatever scipy would say.
+    kept, r = correlate(_points([0.0] * 10 + [1 / 64]), "relative_update_norm")
+    assert len(kept) == 11 and r.rho is None and r.undefined == "1 distinct non-zero shift (< 5)"
+    assert correlate(_points([0.1, 0.2, 0.0, 0.3, 0.4]), "relative_update_norm")[1].rho is None
+    shown = correlate(_points([0.1, 0.2, 0.0, 0.3, 0.4, 0.5]), "relative_update_norm")[1]
+    assert shown.rho == pytest.approx(rank_correlation([1, 2, 3, 4, 5, 6], [0.1, 0.2, 0.0, 0.3, 0.4, 0.5])[0])
+
+
+def test_zero_advantage_steps_from_the_training_log(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    # Format reward: 1.0 in 12 of 16 steps (issue 15's run); one step logs a std of 0 at mean 0.5.
+    means = [1.0] * 12 + [0.5, 0.75, 0.25, 0.5]
+    log.write_text("".join(json.dumps({"step": i + 1, "reward_mean": m, **({"reward_std": 0.0} if i == 12 else {})})
+                           + "\n" for i, m in enumerate(means)))
+    found = zero_advantage_steps(log)
+    assert found == ZeroAdvantage(13, 16) and found.most
+    assert not ZeroAdvantage(8, 16).most and not ZeroAdvantage(0, 0).most
+    log.write_text(json.dumps({"step": 1, "loss": 0.3}) + "\n")
+    assert zero_advantage_steps(log) is None
+
+
+def test_a_run_without_learning_signal_is_said_and_left_out_of_correlations(series_docs, tmp_path):
+    behavior = _behavior(series_docs)
+    idle = tuple(ZeroAdvantage(12, 16) if s.run["run"] == "grpo-random" and s.run["seed"] == 1 else None
+                 for s in series_docs)
+    comparison = replace(_comparison(series_docs, behavior), zero_advantage=idle)
+    markdown = render_compare_report(comparison, tmp_path).with_suffix(".md").read_text()
+    assert "**No learning signal for most steps:** grpo-random seed 1 (12 of 16 logged steps)" in markdown
+    assert "Left out as not trained (zero advantage for most steps): grpo-random seed 1." in markdown
+    from probes.comparison import points
+    groups, left_out = comparable_groups([p for p in points(comparison) if p.shift.metric == "accuracy"], comparison)
+    assert left_out == [("grpo-random", 1)] and {p.reward for p in groups["SFT"]} == {"sft"}
+    assert not any(p.run == "grpo-random" and p.seed == 1 for p in groups["RL"]) and len(groups["RL"]) == 6
+
+
+def test_p_style_shifts_and_kl_split_reach_the_table(series_docs, tmp_path):
+    # p_style per prompt rises by 0.1·step·seed for grpo-true: seeds 1, 2 shift +0.2 and +0.4 at step 2.
+    records = [StyleRecord(f"p{i}", step, 0.5 + 0.01 * i + 0.1 * step * s.run["seed"] * (s.run["run"] == "grpo-true"),
+                           s.run["run"], s.run["seed"], s.run["reward"])
+               for s in series_docs for step in STEPS for i in range(4)]
+    style = style_shifts(records, bootstrap=100, permutations=100)
+    last = series_docs[0].steps[-1]
+    kl = {"kl_mean_per_token": 2e-5, "kl_by_position": {"first": {"tokens": 4, "kl_sum": 3.0, "share": 0.75},
+                                                        "digit": {"tokens": 8, "kl_sum": 0.5, "share": 0.125},
+                                                        "rest": {"tokens": 9, "kl_sum": 0.5, "share": 0.125}}}
+    with_kl = [replace(series_docs[0], steps=[*series_docs[0].steps[:-1], replace(last, kl=kl)]), *series_docs[1:]]
+    comparison = replace(_comparison(with_kl, _behavior(series_docs)), style=style)
+    markdown = render_compare_report(comparison, tmp_path).with_suffix(".md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| run |"))
+    assert "KL share: 1st token" in header and "Δ p(style)" in header and "Δ sampled accuracy" not in header
+    row = next(line for line in markdown.splitlines() if line.startswith("| grpo-true |"))
+    assert "| 2e\u221205 (1 of 2 seeds) | 0.750 (1 of 2 seeds) | 0.125 (1 of 2 seeds) |" in row
+    assert "+0.300 ± 0.141" in row  # p(style): mean ± std of +0.2 and +0.4 across seeds
+    assert (tmp_path / "figures" / "compare-p-style-vs-parameters.png").exists()
