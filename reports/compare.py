@@ -175,7 +175,11 @@ def _table_blocks(rows: list[RunRow], comparison: Comparison) -> list[Block]:
     shift_metrics, kl_columns = _shown_metrics(rows)
     cells_rows, smallest = [], None
     for row in rows:
-        cells = [row.run, row.reward, str(len(row.seeds)), "/".join(map(str, sorted(set(row.last_steps))))]
+        reward = row.reward
+        if row.idle_seeds:
+            seeds = ", ".join(map(str, row.idle_seeds))
+            reward += f" — no learning signal (seed{'s' if len(row.idle_seeds) > 1 else ''} {seeds})"
+        cells = [row.run, reward, str(len(row.seeds)), "/".join(map(str, sorted(set(row.last_steps))))]
         cells += [_spread_text(spread.values, spread.mean, spread.std, PARAMETER_AXES[name].number)
                   for name, spread in row.parameters.items()]
         cells += [_spread_text(row.kl[name].values, row.kl[name].mean, row.kl[name].std,
@@ -198,11 +202,14 @@ def _table_blocks(rows: list[RunRow], comparison: Comparison) -> list[Block]:
         caption += ("KL: mean KL(π_tuned ‖ π_base) per response token at that checkpoint (`dynamics probe kl`), and "
                     "the share of its sum at the first response token (where the style is chosen) and at digit "
                     "tokens. ")
-    caption += ("Behavior shifts from the run's first generations to that checkpoint (accuracy and code rate of "
-                "greedy responses; sampled ones: each prompt's mean over its samples; p(style): the exact "
-                "probability of a style opening, from the run's style.jsonl): one seed → Δ [95% bootstrap CI over "
-                "prompts], permutation p-value, n prompts; several seeds → mean ± std [95% t-interval across seeds] "
-                "and each seed's p-value.")
+    kinds = ["accuracy and code rate of greedy responses"]
+    if "sampled_accuracy" in shift_metrics or "sampled_code_rate" in shift_metrics:
+        kinds.append("sampled ones: each prompt's mean over its samples")
+    if "p_style" in shift_metrics:
+        kinds.append("p(style): the exact probability of a style opening, from the run's style.jsonl")
+    caption += (f"Behavior shifts from the run's first generations to that checkpoint ({'; '.join(kinds)}): one "
+                "seed → Δ [95% bootstrap CI over prompts], permutation p-value, n prompts; several seeds → mean ± "
+                "std [95% t-interval across seeds] and each seed's p-value.")
     blocks: list[Block] = [Table(header, cells_rows, numeric_from=len(header), caption=caption)]
     blocks += _idle_note(rows)
     if behavior is None:

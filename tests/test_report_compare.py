@@ -270,6 +270,7 @@ def test_a_run_without_learning_signal_is_said_and_left_out_of_correlations(seri
     markdown = render_compare_report(comparison, tmp_path).with_suffix(".md").read_text()
     assert "**No learning signal for most steps:** grpo-random seed 1 (12 of 16 logged steps)" in markdown
     assert "Left out as not trained (zero advantage for most steps): grpo-random seed 1." in markdown
+    assert "| grpo-random | random — no learning signal (seed 1) |" in markdown
     from probes.comparison import points
     groups, left_out = comparable_groups([p for p in points(comparison) if p.shift.metric == "accuracy"], comparison)
     assert left_out == [("grpo-random", 1)] and {p.reward for p in groups["SFT"]} == {"sft"}
