@@ -5,7 +5,8 @@ the prompt's tokens, as a sampler's tokens would follow them)
     p_style(x) = Σ_k Π_t π(o^k_t | x, o^k_<t)
 teacher-forced, no sampling noise. The openings must be prefix-free after tokenisation (no opening's tokens
 begin another's, no two equal), so the events are disjoint and the sum is a probability; otherwise refused.
-The forward pass runs in float32 (no autocast), the log-softmax in float32, the sum over t in float64.
+The forward pass runs in the model's own dtype with no autocast and no TF32 matmuls (float32 weights, as
+`style_probe` loads them, for exact values), the log-softmax in float32, the sum over t in float64.
 Records: one JSON object per line (prompt_id, step, p_style, run, seed, reward), like generations jsonl.
 `style_probe` (`dynamics probe style`): per model the mean of p_style over prompts with a 95% bootstrap CI over
 prompts, and its shift vs the first model, mean over prompts of p_style(model) − p_style(first), with a paired
@@ -31,6 +32,7 @@ from dynamics.devices import resolve_device
 from dynamics.documents import STYLE_SCHEMA, atomic_path, check_schema, finite_json, jsonl_records
 from dynamics.errors import DynamicsError
 from probes.behavior import SeedShift, Shift, across_seeds, prompt_shift
+from probes.kl import float32_matmuls
 from probes.models import Prompt, format_for_model, load_model, probe_tokenizer
 from probes.sampling import encode_prompts
 from probes.statistics import bootstrap_mean_ci, paired_difference_ci, paired_permutation_p
@@ -98,7 +100,8 @@ def style_probability(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     try:
         for start in range(0, len(prompts), batch_size):
             encoded = encode_prompts(tokenizer, prompts[start:start + batch_size], device)
-            log_p = torch.stack([_opening_log_prob(model, encoded, opening) for opening in ids])
+            with float32_matmuls():
+                log_p = torch.stack([_opening_log_prob(model, encoded, opening) for opening in ids])
             out.append(log_p.exp().sum(dim=0).cpu())
     finally:
         model.train(was_training)

@@ -62,12 +62,15 @@ def test_openings_that_are_not_prefix_free_are_refused(tokenizer):
         style_probability(model, tokenizer, PROMPTS, [""])
 
 
-def test_matches_a_float64_unpadded_reference_on_a_random_model(tokenizer):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_matches_a_float64_unpadded_reference_on_a_random_model(tokenizer, device):
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(tiny_config(len(tokenizer)))
+    model = Qwen2ForCausalLM(tiny_config(len(tokenizer))).to(device)
     openings = ["```", "print", "5"]
     got = style_probability(model, tokenizer, PROMPTS, openings, batch_size=2)
-    reference = model.double()
+    assert got.device.type == "cpu"
+    reference = model.double().cpu()
     expected = []
     for prompt in PROMPTS:
         total = 0.0
