@@ -169,6 +169,11 @@ def test_cli_writes_json_and_h5(tmp_path, constant_pair, capsys):
     assert doc["schema"] == "dynamics.kl/1" and doc["sequences"] == 3
     assert doc["kl_mean_per_token"] == pytest.approx(forward, rel=1e-5)
     assert {"token", "token_id", "count", "kl_sum", "kl_mean"} == set(doc["top_tokens"][0])
+    split = doc["kl_by_position"]  # constant logits: the same KL at every token, so shares are token shares
+    assert split["first"]["tokens"] == 3 and split["first"]["share"] == pytest.approx(3 / doc["tokens"])
+    assert sum(c["tokens"] for c in split.values()) == doc["tokens"]
+    assert sum(c["share"] for c in split.values()) == pytest.approx(1)
+    assert "share of the KL sum at the first response token" in capsys.readouterr().out
     with h5py.File(h5) as f:
         assert len(f["per_token/forward"]) == doc["tokens"]
 
