@@ -27,7 +27,7 @@ from probes.comparison import (
     zero_advantage_steps,
 )
 from probes.generations import REWARD_LABELS, Generation, reward_family, write_generations
-from probes.style import StyleRecord, style_shifts
+from probes.style import StyleRecord, style_shifts, write_style_records
 from reports.compare import _styles, render_compare_report, shift_text
 from reports.palette import REWARD_COLOURS, reward_colour
 from tests.test_series import write_run
@@ -56,13 +56,19 @@ def _generations(run: str, reward: str, seed: int) -> list[Generation]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """A lab folder: three runs × two seeds, two bf16 checkpoints each, generations.jsonl, manifest.json."""
+    """A lab folder: three runs × two seeds, two bf16 checkpoints each, generations.jsonl, style.jsonl,
+    train_log.jsonl, manifest.json."""
     root = tmp_path_factory.mktemp("lab")
     entries = []
     for run, reward, scale in RUNS:
         for seed in SEEDS:
             run_dir = write_run(root, run, reward, seed, steps=STEPS[-1], scale=scale * seed)
             write_generations(_generations(run, reward, seed), run_dir / "generations.jsonl")
+            write_style_records([StyleRecord(f"p{i}", step, 0.6 + 0.01 * i + 0.05 * step, run, seed, reward)
+                                 for step in STEPS for i in range(PROMPTS)], run_dir / "style.jsonl")
+            idle = run == "grpo-random" and seed == 2  # reward mean 1 at 3 of 4 logged steps
+            (run_dir / "train_log.jsonl").write_text("".join(
+                json.dumps({"step": i, "reward_mean": 1.0 if idle and i < 3 else 0.5}) + "\n" for i in range(4)))
             entries.append({"run": run, "reward": reward, "seed": seed, "path": run_dir.name})
     (root / "manifest.json").write_text(json.dumps({"schema": "dynamics.lab/1", "size": "test", "base": "base",
                                                     "runs": entries}))
@@ -220,6 +226,8 @@ def test_compare_command_runs_series_and_behavior_probe(lab, series_docs, tmp_pa
     markdown = (out / "compare.md").read_text()
     row = next(line for line in markdown.splitlines() if line.startswith("| grpo-true |"))
     assert "(n = " not in row and " [" in row and "; p = " in row  # two seeds: across-seed interval, p per seed
+    assert "Δ p(style)" in markdown and "+0.100 ± 0.000" in row  # style.jsonl: p rises 0.05 a step, to step 2
+    assert "| grpo-random | random — no learning signal (seed 2) |" in markdown  # from its train_log.jsonl
     assert (out / "figures" / "compare-accuracy-vs-parameters.png").exists()
 
 
