@@ -1,0 +1,227 @@
+"""`Monitor`: the statistics `dynamics diff` computes, measured during training from the weights in memory.
+
+Every `every` optimizer steps, each parameter W_t is compared with the starting weights W_0 (vs base) and
+with the last measured step (vs previous), tensor by tensor through the same fused kernel (`dynamics.kernels`:
+Triton on CUDA, the torch twin on the CPU), so the counters are those `dynamics diff` gives for checkpoints
+saved in `storage_dtype` at those steps:
+- storage pass: W0 and W_t both rounded to `storage_dtype` (bitwise sparsity of a bf16 save, ULP distances,
+  norms of the stored values);
+- masters pass (`masters=True` and float32 parameters): the float32 values themselves, as `dynamics diff` of
+  float32 saves gives them: norms of the true update and `hidden_by_bf16_fraction` = moved fp32 elements whose
+  bf16 roundings agree. Its snapshots are float32 (4 bytes per weight and copy instead of 2).
+- optimizer (an Adam optimizer given to `step`): Adam's v curvature share and the momentum cosine of the update
+  since the previous measurement (`dynamics.optimizer_analysis.tensor_counts`), plus the bf16 flip / hidden
+  counts of the masters when their snapshots are float32.
+- matrix pass every `geometry_every` steps (`dynamics.geometry`, on the storage pass's pair).
+Nothing is written to the parameters or to global random state: training numerics do not change.
+Results go to `out/series.json` (`dynamics.series/1`, rewritten atomically after each measurement) and are
+returned by `step` as flat scalars for a logger (`dynamics/bitwise_sparsity`, ...).
+
+>>> monitor = Monitor(model, every=10, out="runs/live")          # doctest: +SKIP
+>>> for batch in data:                                           # doctest: +SKIP
+...     loss(model, batch).backward(); optimizer.step(); optimizer.zero_grad()
+...     monitor.step(model, optimizer)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict
+from functools import reduce
+from pathlib import Path
+
+import torch
+
+from dynamics.checkpoints.adam_state import AdamHyper
+from dynamics.documents import write_json_document
+from dynamics.geometry import geometry_stats_batched, skip_reason
+from dynamics.geometry_options import GeometryOptions
+from dynamics.kernels import element_stats
+from dynamics.live.shards import distributed, local_tensor, reduce_records
+from dynamics.live.snapshots import Snapshots, size
+from dynamics.metrics import METRICS, optimizer_metrics_of
+from dynamics.naming import layer_index, module_kind
+from dynamics.optimizer_analysis import tensor_counts
+from dynamics.optimizer_counts import OptimizerCounts
+from dynamics.pairing import Unpaired
+from dynamics.result import CheckpointSide, DiffResult, TensorRecord
+from dynamics.series import Series, SeriesStep, model_metrics
+
+LIVE_SIDE = "live"
+
+
+class Monitor:
+    """Measure a model's update against its starting weights while it trains (module docstring).
+
+    Args:
+        model: the module whose parameters are measured (snapshots are taken here: create the monitor
+            before the first optimizer step).
+        every: measure after every `every`-th optimizer step.
+        storage_dtype: the dtype a checkpoint of this run would be saved in (bitwise sparsity is in it).
+        masters: also run the float32 pass on float32 parameters (float32 snapshots; module docstring).
+        out: folder for `series.json`; None: nothing written.
+        geometry_every: also run the matrix pass every this many steps (a multiple of `every`); None: never.
+        geometry: the matrix pass's options (default `GeometryOptions()`).
+    """
+
+    def __init__(self, model: torch.nn.Module, every: int = 1, *, storage_dtype: torch.dtype = torch.bfloat16,
+                 masters: bool = False, out: str | Path | None = None, geometry_every: int | None = None,
+                 geometry: GeometryOptions | None = None):
+        if every < 1:
+            raise ValueError(f"Monitor: every must be at least 1, got {every}")
+        if geometry_every is not None and (geometry_every < 1 or geometry_every % every):
+            raise ValueError(f"Monitor: geometry_every={geometry_every} must be a positive multiple of every={every}")
+        self.every, self.storage_dtype, self.geometry_every = every, storage_dtype, geometry_every
+        self.geometry = (geometry or GeometryOptions()) if geometry_every is not None else None
+        self.out = None if out is None else Path(out)
+        self.masters = masters
+        self.steps: list[SeriesStep] = []
+        self.calls = 0
+        self._last_call: float | None = None
+        self._reported = False
+        self._rank0 = not distributed() or torch.distributed.get_rank() == 0
+        tensors = {name: local_tensor(p)[0] for name, p in model.named_parameters()}
+        self.snapshots = Snapshots.take(tensors, {name: self._snapshot_dtype(t) for name, t in tensors.items()})
+
+    def _snapshot_dtype(self, t: torch.Tensor) -> torch.dtype:
+        wider = t.dtype == torch.float32 and self.storage_dtype != torch.float32
+        return torch.float32 if self.masters and wider else self.storage_dtype
+
+    @torch.no_grad()
+    def step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+             global_step: int | None = None) -> dict[str, float] | None:
+        """Call after each optimizer step. Measures when the step (`global_step`, default the number of calls)
+        is a multiple of `every`; returns the logged scalars then, else None."""
+        self.calls += 1
+        step = self.calls if global_step is None else global_step
+        now = time.perf_counter()
+        between = None if self._last_call is None else now - self._last_call
+        if step % self.every:
+            self._last_call = now
+            return None
+        logged = self._measure(model, optimizer, step, between)
+        self._last_call = time.perf_counter()
+        return logged
+
+    def _measure(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, step: int,
+                 between: float | None) -> dict[str, float]:
+        start = time.perf_counter()
+        first = not self.steps
+        with_geometry = self.geometry is not None and step % self.geometry_every == 0
+        adam = _adam_states(optimizer)
+        passes: dict[str, list[TensorRecord]] = {"base": [], "previous": [], "masters": [], "masters_previous": []}
+        sharded: dict[str, list[bool]] = {k: [] for k in passes}
+        counts: list[OptimizerCounts] = []
+        for name, p in model.named_parameters():
+            live, is_shard = local_tensor(p)
+            live = live.detach()
+            base, previous = self.snapshots.on(name, live.device)
+            stored = live.to(self.storage_dtype)
+            shape = tuple(p.shape)
+            pairs = {"base": (base.to(self.storage_dtype), stored)}
+            if not first:
+                pairs["previous"] = (previous.to(self.storage_dtype), stored)
+            if base.dtype == torch.float32 and live.dtype == torch.float32 and self.storage_dtype != torch.float32:
+                pairs["masters"] = (base, live)
+                if not first:
+                    pairs["masters_previous"] = (previous, live)
+            for kind, (a, b) in pairs.items():
+                passes[kind].append(self._record(name, shape, a, b, with_geometry and kind == "base"))
+                sharded[kind].append(is_shard)
+            if id(p) in adam and adam[id(p)][0].shape == live.shape:
+                m, v, hyper = adam[id(p)]
+                a, b = previous, live.to(previous.dtype)
+                counts.append(tensor_counts(a, b, a.to(torch.bfloat16), b.to(torch.bfloat16), (m, v), hyper)[0])
+            self.snapshots.keep(name, live)
+        device = next(model.parameters()).device
+        if distributed():
+            passes = {k: reduce_records(v, sharded[k], device) for k, v in passes.items()}
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        vs_base = model_metrics(_result(passes["base"], seconds))
+        vs_previous = model_metrics(_result(passes["previous"], seconds)) if passes["previous"] else None
+        if passes["masters"]:
+            vs_base["masters"] = model_metrics(_result(passes["masters"], seconds))
+        if vs_previous is not None and passes["masters_previous"]:
+            vs_previous["masters"] = model_metrics(_result(passes["masters_previous"], seconds))
+        summary = None
+        if counts:
+            total = reduce(lambda x, y: x + y, counts, OptimizerCounts())
+            summary = {"tensors": len(counts), **asdict(total), **optimizer_metrics_of(total)}
+        self.steps.append(SeriesStep(step, f"{LIVE_SIDE}:step-{step}", vs_base, vs_previous, None, None, summary))
+        if self.out is not None and self._rank0:
+            write_json_document(self.series().to_json(), self.out / "series.json")
+        if self._rank0 and not self._reported and between is not None:
+            self._report_cost(seconds, between)
+        return logged_scalars(self.steps[-1])
+
+    def _record(self, name: str, shape: tuple[int, ...], a: torch.Tensor, b: torch.Tensor,
+                with_geometry: bool) -> TensorRecord:
+        stats = element_stats(a, b)
+        geometry = None
+        if with_geometry and skip_reason(shape, a.dtype) is None and a.dim() == 2 and stats.finite_pairs == stats.numel:
+            geometry = geometry_stats_batched([(a, b, None)], k=self.geometry.k, exact=self.geometry.exact)[0]
+        return TensorRecord(name=name, layer=layer_index(name), module_kind=module_kind(name), shape=shape,
+                            dtype=str(a.dtype).removeprefix("torch."), stats=stats, geometry=geometry)
+
+    def _report_cost(self, seconds: float, between: float) -> None:
+        """The one-time message: where the snapshots are, their bytes, and one measurement's time against the
+        time from the previous `step` call to this one (the training step, and the measurement if that was one)."""
+        self._reported = True
+        print(f"dynamics live: snapshots {'; '.join(self.snapshots.placement)}, "
+              f"{size(self.snapshots.nbytes)} in all; one measurement takes {1e3 * seconds:.1f} ms against "
+              f"{1e3 * between:.1f} ms for the step before it ({seconds / between:.1%})", file=sys.stderr, flush=True)
+
+    def series(self) -> Series:
+        """The measurements so far as a `dynamics.series/1` series (run_dir and out_dir: `out`)."""
+        options = {"geometry": None if self.geometry is None else asdict(self.geometry),
+                   "live": {"every": self.every, "storage_dtype": str(self.storage_dtype).removeprefix("torch."),
+                            "masters": self.masters, "geometry_every": self.geometry_every}}
+        folder = "" if self.out is None else str(self.out)
+        return Series(run_dir=folder, base=f"{LIVE_SIDE}:start", run=None, options=options, kl_source=None,
+                      steps=list(self.steps), out_dir=folder, diffs_computed=len(self.steps), diffs_cached=0)
+
+
+def logged_scalars(step: SeriesStep) -> dict[str, float]:
+    """The headline scalars of a measured step for a trainer's logger: `dynamics/NAME` against the start,
+    `dynamics/previous/NAME` against the last measurement, `dynamics/masters/...` of the float32 pass,
+    `dynamics/optimizer/NAME` of the Adam counts (registered names, `dynamics.metrics`; None values left out)."""
+    out: dict[str, float] = {}
+
+    def add(prefix: str, values: dict | None) -> None:
+        for name, value in (values or {}).items():
+            metric = METRICS.get(name)
+            if metric is not None and (metric.headline or name.startswith("hidden_by")) and isinstance(value, float):
+                out[f"{prefix}{name}"] = value
+
+    add("dynamics/", step.vs_base)
+    add("dynamics/masters/", step.vs_base.get("masters"))
+    if step.vs_previous is not None:
+        add("dynamics/previous/", step.vs_previous)
+        add("dynamics/previous/masters/", step.vs_previous.get("masters"))
+    add("dynamics/optimizer/", step.optimizer)
+    return out
+
+
+def _result(records: list[TensorRecord], seconds: float) -> DiffResult:
+    side = CheckpointSide(path=LIVE_SIDE, format=LIVE_SIDE, notes=[], tied={})
+    return DiffResult(a=side, b=side, records=records, unpaired=Unpaired(), device="live", seconds=seconds,
+                      bytes_read=0)
+
+
+def _adam_states(optimizer: torch.optim.Optimizer | None) -> dict[int, tuple]:
+    """id(parameter) -> (m, v, AdamHyper) of every parameter with an Adam state; empty without an optimizer."""
+    if optimizer is None:
+        return {}
+    found = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "exp_avg_sq" in state and "betas" in group:
+                hyper = AdamHyper(lr=float(group["lr"]), beta1=group["betas"][0], beta2=group["betas"][1],
+                                  eps=group["eps"], weight_decay=group.get("weight_decay", 0.0),
+                                  step=int(state["step"]))
+                found[id(p)] = (state["exp_avg"], state["exp_avg_sq"], hyper)
+    return found
