@@ -71,7 +71,8 @@ def _train(monitor_on: bool, steps: int = 3) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    monitor = Monitor(model, every=1, masters=True, geometry_every=1) if monitor_on else None
+    # the matrix pass at step 2 uses random projections; step 3 then draws data from the global RNG
+    monitor = Monitor(model, every=1, masters=True, geometry_every=2) if monitor_on else None
     for _ in range(steps):
         x = torch.randn(5, 8)  # global RNG: a monitor drawing random numbers would change the data
         loss = model(x).square().mean()
@@ -80,6 +81,8 @@ def _train(monitor_on: bool, steps: int = 3) -> dict[str, torch.Tensor]:
         optimizer.zero_grad()
         if monitor is not None:
             assert monitor.step(model, optimizer)["dynamics/optimizer/momentum_cosine"] is not None
+    if monitor is not None:
+        assert [s.vs_base["geometry"] is not None for s in monitor.steps] == [False, True, False]
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -168,8 +171,87 @@ def test_grpo_live_series_renders_like_saved_checkpoints(grpo_run):
 
     root, logged, _, watched = grpo_run
     series = Series.read_json(root / "run" / "dynamics-live" / "series.json")
-    assert [s.step for s in series.steps] == [1, 2, 3]
+    assert [s.step for s in series.steps] == [s.step for s in watched.monitor.steps] == [1, 2, 3]
     assert series.steps[2].vs_base["bitwise_sparsity"] == logged[3]["dynamics/bitwise_sparsity"]
     assert series.steps[2].optimizer["with_state"] > 0
     report = render_series_report(series, root / "report")
     assert report.is_file()
+
+
+def _sharded_worker(rank: int, world: int, port: int, results: dict) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        full, bias, delta = _sharded_case()
+        model = torch.nn.Module()
+        model.w = torch.nn.Parameter(distribute_tensor(full.clone(), mesh, [Shard(0)]))  # FSDP2-style shard
+        model.b = torch.nn.Parameter(bias.clone())  # replicated on every rank (DDP-style)
+        monitor = Monitor(model, every=1)
+        with torch.no_grad():
+            model.w.add_(distribute_tensor(delta, mesh, [Shard(0)]))
+            model.b.add_(1.0)
+        logged = monitor.step(model)
+        if rank == 0:
+            results.update(logged)
+    finally:
+        dist.destroy_process_group()
+
+
+def _sharded_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    full = torch.randn(6, 4, generator=generator)
+    delta = torch.where(torch.rand(6, 4, generator=generator) < 0.5, 1e-2, 0.0)
+    return full, torch.zeros(3), delta
+
+
+def test_sharded_parameters_are_measured_per_rank_and_summed():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.start_processes(_sharded_worker, args=(2, port, results), nprocs=2, join=True, start_method="fork")
+    full, bias, delta = _sharded_case()
+    single = _module(w=full, b=bias)
+    monitor = Monitor(single, every=1)
+    with torch.no_grad():
+        single.w.add_(delta)
+        single.b.add_(1.0)
+    expected = monitor.step(single)
+    for name in ("dynamics/bitwise_sparsity", "dynamics/one_ulp_fraction", "dynamics/headline_tolerance_sparsity"):
+        assert results[name] == expected[name], name
+    assert results["dynamics/relative_update_norm"] == pytest.approx(expected["dynamics/relative_update_norm"], rel=1e-12)
+
+
+def test_report_compare_reads_live_runs(tmp_path):
+    import json
+
+    from probes.comparison import compare_runs
+    from reports.compare import render_compare_report
+
+    for seed in (1, 2):
+        run = tmp_path / f"rl-s{seed}"
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Linear(6, 2))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        monitor = Monitor(model, every=1, out=run / "dynamics-live")
+        for _ in range(2):
+            model(torch.randn(4, 6)).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            monitor.step(model, optimizer)
+        (run / "run.json").write_text(json.dumps({"schema": "dynamics.run/1", "run": "rl", "reward": "true",
+                                                  "seed": seed}))
+    comparison = compare_runs([tmp_path / "rl-s1", tmp_path / "rl-s2"], device="cpu")
+    assert [s.run["seed"] for s in comparison.series] == [1, 2]
+    assert comparison.series[0].steps[1].vs_base == Series.read_json(
+        tmp_path / "rl-s1" / "dynamics-live" / "series.json").steps[1].vs_base
+    assert render_compare_report(comparison, tmp_path / "report").is_file()
