@@ -104,7 +104,7 @@ class _SaveEveryStep:
         for dtype, tag in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
             folder = self.root / tag / f"step-{step}"
             folder.mkdir(parents=True)
-            save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"))
+            save_file({k: v.to(dtype).contiguous().cpu() for k, v in weights.items()}, str(folder / "model.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -255,3 +255,31 @@ def test_report_compare_reads_live_runs(tmp_path):
     assert comparison.series[0].steps[1].vs_base == Series.read_json(
         tmp_path / "rl-s1" / "dynamics-live" / "series.json").steps[1].vs_base
     assert render_compare_report(comparison, tmp_path / "report").is_file()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("pinned", [False, True])
+def test_cuda_monitor_equals_cuda_diff_of_saved_steps(tmp_path, monkeypatch, pinned):
+    from dynamics.live import snapshots
+
+    if pinned:  # snapshots that do not fit on the device go to pinned host memory
+        monkeypatch.setattr(snapshots, "FREE_SHARE", 0.0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.Tanh(), torch.nn.Linear(512, 64)).cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    saver = _SaveEveryStep(tmp_path)
+    saver.save(model, 0)
+    monitor = Monitor(model, every=1, masters=True, geometry_every=2)
+    assert ("pinned" in monitor.snapshots.placement[0]) == pinned
+    for step in (1, 2):
+        model(torch.randn(32, 256, device="cuda")).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        logged = monitor.step(model, optimizer)
+        saver.save(model, step)
+        stored = diff(tmp_path / "bf16/step-0", tmp_path / f"bf16/step-{step}", device="cuda").summary()
+        masters = diff(tmp_path / "fp32/step-0", tmp_path / f"fp32/step-{step}", device="cuda").summary()
+        assert logged["dynamics/bitwise_sparsity"] == bitwise_sparsity(stored)
+        assert logged["dynamics/masters/hidden_by_bf16_fraction"] == hidden_by_bf16_fraction(masters)
+        assert logged["dynamics/relative_update_norm"] == pytest.approx(relative_update_norm(stored), rel=1e-6)

@@ -159,6 +159,7 @@ class Monitor:
 
     def _record(self, name: str, shape: tuple[int, ...], a: torch.Tensor, b: torch.Tensor,
                 with_geometry: bool) -> TensorRecord:
+        a, b = a.contiguous(), b.contiguous()  # the Triton kernel reads contiguous tensors
         stats = element_stats(a, b)
         geometry = None
         if with_geometry and skip_reason(shape, a.dtype) is None and a.dim() == 2 and stats.finite_pairs == stats.numel:
