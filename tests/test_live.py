@@ -174,6 +174,7 @@ def test_grpo_live_series_renders_like_saved_checkpoints(grpo_run):
     assert [s.step for s in series.steps] == [s.step for s in watched.monitor.steps] == [1, 2, 3]
     assert series.steps[2].vs_base["bitwise_sparsity"] == logged[3]["dynamics/bitwise_sparsity"]
     assert series.steps[2].optimizer["with_state"] > 0
+    assert series.steps[2].log["loss"] == logged[3]["loss"]
     report = render_series_report(series, root / "report")
     assert report.is_file()
 

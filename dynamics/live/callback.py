@@ -3,7 +3,8 @@
 At train begin it snapshots the model (a resumed run's base is the weights it resumed from); at every step end
 whose `state.global_step` is a multiple of `every` it measures (`Monitor.step`, with the trainer's optimizer);
 at the next log it adds the scalars (`dynamics/bitwise_sparsity`, ...) to the trainer's logs and to that
-entry of `state.log_history` (so `trainer_state.json` holds them). Callbacks see a log in list order and the
+entry of `state.log_history` (so `trainer_state.json` holds them), and keeps that log's reward, KL, loss, ...
+in the measured step of the series (`Monitor.add_log`). Callbacks see a log in list order and the
 reporting ones (wandb, tensorboard) come first in a trainer's list: `watch(trainer)` puts the callback in front
 of them, `callbacks=[DynamicsCallback()]` reaches only the log history, the printed logs and later callbacks.
 The series goes to `out/series.json`, default `OUTPUT_DIR/dynamics-live`.
@@ -44,7 +45,10 @@ class DynamicsCallback(TrainerCallback):
             self.pending = logged
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not self.pending or logs is None:
+        if logs is None or self.monitor is None:
+            return
+        self.monitor.add_log(state.global_step, logs)
+        if not self.pending:
             return
         logs.update(self.pending)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import reduce
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from dynamics.optimizer_counts import OptimizerCounts
 from dynamics.pairing import Unpaired
 from dynamics.result import CheckpointSide, DiffResult, TensorRecord
 from dynamics.series import Series, SeriesStep, model_metrics
+from dynamics.training_log import TrainingLog
 
 LIVE_SIDE = "live"
 
@@ -151,11 +152,24 @@ class Monitor:
             total = reduce(lambda x, y: x + y, counts, OptimizerCounts())
             summary = {"tensors": len(counts), **asdict(total), **optimizer_metrics_of(total)}
         self.steps.append(SeriesStep(step, f"{LIVE_SIDE}:step-{step}", vs_base, vs_previous, None, None, summary))
-        if self.out is not None and self._rank0:
-            write_json_document(self.series().to_json(), self.out / "series.json")
+        self._write()
         if self._rank0 and not self._reported and between is not None:
             self._report_cost(seconds, between)
         return logged_scalars(self.steps[-1])
+
+    def add_log(self, step: int, values: dict) -> None:
+        """Keep the training log's canonical quantities (reward, KL, loss, ...; `dynamics.training_log`) of
+        `values`, the trainer's log at `step`, in that measured step (no-op for a step not measured)."""
+        for index, measured in enumerate(self.steps):
+            if measured.step == step:
+                numeric = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+                logged = TrainingLog("trainer logs", {step: numeric}).canonical(step)
+                self.steps[index] = replace(measured, log={**(measured.log or {}), **logged} or None)
+                self._write()
+
+    def _write(self) -> None:
+        if self.out is not None and self._rank0:
+            write_json_document(self.series().to_json(), self.out / "series.json")
 
     def _record(self, name: str, shape: tuple[int, ...], a: torch.Tensor, b: torch.Tensor,
                 with_geometry: bool) -> TensorRecord:
