@@ -50,6 +50,19 @@ def test_two_hand_built_steps():
     assert [s.step for s in monitor.steps] == [1, 2]
 
 
+def test_frozen_parameters_have_no_snapshot_and_count_as_unchanged():
+    model = _module(w=torch.zeros(4), f=torch.ones(12))
+    model.f.requires_grad_(False)
+    monitor = Monitor(model, every=1, masters=True)
+    assert monitor.snapshots.nbytes == 2 * 4 * 4  # two float32 copies of w only
+    for _ in range(2):
+        with torch.no_grad():
+            model.w += 1.0
+        logged = monitor.step(model)
+    assert logged["dynamics/bitwise_sparsity"] == 12 / 16  # w changed, f did not
+    assert logged["dynamics/previous/masters/bitwise_sparsity"] == 12 / 16
+
+
 def test_every_n_steps_and_series_file(tmp_path):
     model = _module(w=torch.zeros(3))
     monitor = Monitor(model, every=2, out=tmp_path)

@@ -57,7 +57,8 @@ class Monitor:
 
     Args:
         model: the module whose parameters are measured (snapshots are taken here: create the monitor
-            before the first optimizer step).
+            before the first optimizer step). Parameters with requires_grad=False at this point are taken as
+            constant: no snapshot, measured once against themselves (so totals stay those of full checkpoints).
         every: measure after every `every`-th optimizer step.
         storage_dtype: the dtype a checkpoint of this run would be saved in (bitwise sparsity is in it).
         masters: also run the float32 pass on float32 parameters (float32 snapshots; module docstring).
@@ -82,7 +83,9 @@ class Monitor:
         self._last_call: float | None = None
         self._reported = False
         self._rank0 = not distributed() or torch.distributed.get_rank() == 0
-        tensors = {name: local_tensor(p)[0] for name, p in model.named_parameters()}
+        tensors = {name: local_tensor(p)[0] for name, p in model.named_parameters() if p.requires_grad}
+        self.frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+        self._frozen_records: dict[str, dict[str, TensorRecord]] = {}
         self.snapshots = Snapshots.take(tensors, {name: self._snapshot_dtype(t) for name, t in tensors.items()})
 
     def _snapshot_dtype(self, t: torch.Tensor) -> torch.dtype:
@@ -117,6 +120,12 @@ class Monitor:
         for name, p in model.named_parameters():
             live, is_shard = local_tensor(p)
             live = live.detach()
+            if name in self.frozen:
+                for kind, record in self._frozen(name, p, live, with_geometry).items():
+                    if not first or kind in ("base", "masters"):
+                        passes[kind].append(record)
+                        sharded[kind].append(is_shard)
+                continue
             base, previous = self.snapshots.on(name, live.device)
             stored = live.to(self.storage_dtype)
             shape = tuple(p.shape)
@@ -156,6 +165,20 @@ class Monitor:
         if self._rank0 and not self._reported and between is not None:
             self._report_cost(seconds, between)
         return logged_scalars(self.steps[-1])
+
+    def _frozen(self, name: str, p: torch.Tensor, live: torch.Tensor, with_geometry: bool) -> dict[str, TensorRecord]:
+        """Records of a frozen parameter, W against itself (every element unchanged), made once: it has no
+        snapshot. With the matrix pass a fresh one is made, as its geometry is not cached."""
+        if name not in self._frozen_records or with_geometry:
+            stored = live.to(self.storage_dtype)
+            records = {"base": self._record(name, tuple(p.shape), stored, stored, with_geometry)}
+            records["previous"] = replace(records["base"], geometry=None)
+            if live.dtype == torch.float32 and self.masters and self.storage_dtype != torch.float32:
+                records["masters"] = records["masters_previous"] = self._record(name, tuple(p.shape), live, live, False)
+            if with_geometry:
+                return records
+            self._frozen_records[name] = records
+        return self._frozen_records[name]
 
     def add_log(self, step: int, values: dict) -> None:
         """Keep the training log's canonical quantities (reward, KL, loss, ...; `dynamics.training_log`) of
