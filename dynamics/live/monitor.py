@@ -119,31 +119,12 @@ class Monitor:
         counts: list[OptimizerCounts] = []
         for name, p in model.named_parameters():
             live, is_shard = local_tensor(p)
-            live = live.detach()
-            if name in self.frozen:
-                for kind, record in self._frozen(name, p, live, with_geometry).items():
-                    if not first or kind in ("base", "masters"):
-                        passes[kind].append(record)
-                        sharded[kind].append(is_shard)
-                continue
-            base, previous = self.snapshots.on(name, live.device)
-            stored = live.to(self.storage_dtype)
-            shape = tuple(p.shape)
-            pairs = {"base": (base.to(self.storage_dtype), stored)}
-            if not first:
-                pairs["previous"] = (previous.to(self.storage_dtype), stored)
-            if base.dtype == torch.float32 and live.dtype == torch.float32 and self.storage_dtype != torch.float32:
-                pairs["masters"] = (base, live)
-                if not first:
-                    pairs["masters_previous"] = (previous, live)
-            for kind, (a, b) in pairs.items():
-                passes[kind].append(self._record(name, shape, a, b, with_geometry and kind == "base"))
+            records, optimizer_counts = self._parameter(name, p, live.detach(), first, with_geometry, adam)
+            for kind, record in records.items():
+                passes[kind].append(record)
                 sharded[kind].append(is_shard)
-            if id(p) in adam and adam[id(p)][0].shape == live.shape:
-                m, v, hyper = adam[id(p)]
-                a, b = previous, live.to(previous.dtype)
-                counts.append(tensor_counts(a, b, a.to(torch.bfloat16), b.to(torch.bfloat16), (m, v), hyper)[0])
-            self.snapshots.keep(name, live)
+            if optimizer_counts is not None:
+                counts.append(optimizer_counts)
         device = next(model.parameters()).device
         if distributed():
             passes = {k: reduce_records(v, sharded[k], device) for k, v in passes.items()}
@@ -165,6 +146,32 @@ class Monitor:
         if self._rank0 and not self._reported and between is not None:
             self._report_cost(seconds, between)
         return logged_scalars(self.steps[-1])
+
+    def _parameter(self, name: str, p: torch.Tensor, live: torch.Tensor, first: bool, with_geometry: bool,
+                   adam: dict[int, tuple]) -> tuple[dict[str, TensorRecord], OptimizerCounts | None]:
+        """One parameter's records by pass (module docstring; no "previous" passes at the first measurement)
+        and its Adam counts (None without a state); then its previous snapshot := `live`."""
+        if name in self.frozen:
+            records = self._frozen(name, p, live, with_geometry)
+            return {k: r for k, r in records.items() if not first or k in ("base", "masters")}, None
+        base, previous = self.snapshots.on(name, live.device)
+        stored = live.to(self.storage_dtype)
+        pairs = {"base": (base.to(self.storage_dtype), stored)}
+        if not first:
+            pairs["previous"] = (previous.to(self.storage_dtype), stored)
+        if base.dtype == torch.float32 and live.dtype == torch.float32 and self.storage_dtype != torch.float32:
+            pairs["masters"] = (base, live)
+            if not first:
+                pairs["masters_previous"] = (previous, live)
+        shape = tuple(p.shape)
+        records = {kind: self._record(name, shape, a, b, with_geometry and kind == "base") for kind, (a, b) in pairs.items()}
+        counts = None
+        if id(p) in adam and adam[id(p)][0].shape == live.shape:
+            m, v, hyper = adam[id(p)]
+            a, b = previous, live.to(previous.dtype)
+            counts = tensor_counts(a, b, a.to(torch.bfloat16), b.to(torch.bfloat16), (m, v), hyper)[0]
+        self.snapshots.keep(name, live)
+        return records, counts
 
     def _frozen(self, name: str, p: torch.Tensor, live: torch.Tensor, with_geometry: bool) -> dict[str, TensorRecord]:
         """Records of a frozen parameter, W against itself (every element unchanged), made once: it has no
