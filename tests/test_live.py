@@ -63,6 +63,16 @@ def test_frozen_parameters_have_no_snapshot_and_count_as_unchanged():
     assert logged["dynamics/previous/masters/bitwise_sparsity"] == 12 / 16
 
 
+def test_bad_options_fail_before_training():
+    model = _module(w=torch.zeros(2))
+    with pytest.raises(ValueError, match="every must be at least 1"):
+        Monitor(model, every=0)
+    with pytest.raises(ValueError, match="storage_dtype"):
+        Monitor(model, storage_dtype=torch.float64)
+    with pytest.raises(ValueError, match="multiple of every=2"):
+        Monitor(model, every=2, geometry_every=3)
+
+
 def test_every_n_steps_and_series_file(tmp_path):
     model = _module(w=torch.zeros(3))
     monitor = Monitor(model, every=2, out=tmp_path)

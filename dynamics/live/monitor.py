@@ -38,6 +38,7 @@ from dynamics.documents import write_json_document
 from dynamics.geometry import geometry_stats_batched, skip_reason
 from dynamics.geometry_options import GeometryOptions
 from dynamics.kernels import element_stats
+from dynamics.kernels.elementwise_cpu import SUPPORTED_DTYPES
 from dynamics.live.shards import distributed, local_tensor, reduce_records
 from dynamics.live.snapshots import Snapshots, size
 from dynamics.metrics import METRICS, optimizer_metrics_of
@@ -72,11 +73,16 @@ class Monitor:
                  geometry: GeometryOptions | None = None):
         if every < 1:
             raise ValueError(f"Monitor: every must be at least 1, got {every}")
+        if storage_dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"Monitor: storage_dtype must be one of {', '.join(map(str, SUPPORTED_DTYPES))}, "
+                             f"got {storage_dtype}")
         if geometry_every is not None and (geometry_every < 1 or geometry_every % every):
             raise ValueError(f"Monitor: geometry_every={geometry_every} must be a positive multiple of every={every}")
         self.every, self.storage_dtype, self.geometry_every = every, storage_dtype, geometry_every
         self.geometry = (geometry or GeometryOptions()) if geometry_every is not None else None
         self.out = None if out is None else Path(out)
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails here, not after a step
         self.masters = masters
         self.steps: list[SeriesStep] = []
         self.calls = 0

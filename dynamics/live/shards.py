@@ -5,6 +5,8 @@ partition `ds_tensor` of a ZeRO-3 parameter, a flat FSDP1 parameter as it is, ot
 A shard is measured flattened (1-D), so its row/column counters are None: rows split across ranks do
 not add up. `reduce_records` sums every counter of the sharded tensors' records over the ranks (max for
 max |Δ|) with three collectives in all; replicated tensors (DDP, ZeRO-1/2) are measured once, on each rank.
+Adam's counts (`Monitor`'s optimizer pass) are taken only where the moments have the local tensor's shape,
+so sharded parameters have none.
 """
 
 from __future__ import annotations
