@@ -1,7 +1,9 @@
 """Sharded parameters (FSDP, DeepSpeed ZeRO-3): each rank measures its local shard; counts are summed.
 
 `local_tensor(p)` is what this rank holds of parameter `p`: the local shard of a DTensor (FSDP2), the
-partition `ds_tensor` of a ZeRO-3 parameter, a flat FSDP1 parameter as it is, otherwise `p` itself.
+partition `ds_tensor` of a ZeRO-3 parameter, a flat FSDP1 parameter as it is (`use_orig_params=False`; with
+True the original parameters are views of the local shard that cannot be told apart from whole tensors),
+otherwise `p` itself.
 A shard is measured flattened (1-D), so its row/column counters are None: rows split across ranks do
 not add up. `reduce_records` sums every counter of the sharded tensors' records over the ranks (max for
 max |Δ|) with three collectives in all; replicated tensors (DDP, ZeRO-1/2) are measured once, on each rank.
