@@ -307,3 +307,49 @@ def test_cuda_monitor_equals_cuda_diff_of_saved_steps(tmp_path, monkeypatch, pin
         assert logged["dynamics/bitwise_sparsity"] == bitwise_sparsity(stored)
         assert logged["dynamics/masters/hidden_by_bf16_fraction"] == hidden_by_bf16_fraction(masters)
         assert logged["dynamics/relative_update_norm"] == pytest.approx(relative_update_norm(stored), rel=1e-6)
+
+
+def test_next_step_flip_prediction_is_checked_one_step_later():
+    from dynamics import bf16_flips
+    from dynamics.checkpoints.adam_state import AdamHyper
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(32, 32)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-3, weight_decay=0.0)
+    monitor = Monitor(layer, every=1, masters=True)
+    logged, expected = [], _FlipTally()
+    for step in (1, 2):
+        layer(torch.randn(8, 32)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step == 1:
+            hyper = AdamHyper(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
+            before = {n: p.detach().clone() for n, p in layer.named_parameters()}
+            predicted = {n: bf16_flips.predicted_flips(p, p.to(torch.bfloat16), optimizer.state[p]["exp_avg"],
+                                                       optimizer.state[p]["exp_avg_sq"], hyper)
+                         for n, p in layer.named_parameters()}
+        logged.append(monitor.step(layer, optimizer))
+    for name, p in layer.named_parameters():
+        flipped = p.detach().to(torch.bfloat16).view(torch.int16) != before[name].to(torch.bfloat16).view(torch.int16)
+        expected.add(predicted[name], flipped)
+    first = monitor.steps[0].optimizer
+    assert (first["predicted_flips"], first["next_flips"], first["predicted_and_next"]) == expected.counts()
+    assert first["next_flips"] > 0
+    assert logged[1]["dynamics/optimizer/flip_prediction_recall"] == first["flip_prediction_recall"]
+    assert "dynamics/optimizer/flip_prediction_recall" not in logged[0]
+    assert monitor.steps[1].optimizer["predicted_numel"] == 0  # its prediction waits for step 3
+
+
+class _FlipTally:
+    """Σ predicted, Σ flipped, Σ both over tensors (the test's own tally)."""
+
+    def __init__(self):
+        self.predicted = self.flipped = self.both = 0
+
+    def add(self, predicted: torch.Tensor, flipped: torch.Tensor) -> None:
+        self.predicted += int(predicted.sum())
+        self.flipped += int(flipped.sum())
+        self.both += int((predicted & flipped).sum())
+
+    def counts(self) -> tuple[int, int, int]:
+        return self.predicted, self.flipped, self.both

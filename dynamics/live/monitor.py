@@ -11,7 +11,10 @@ saved in `storage_dtype` at those steps:
   bf16 roundings agree. Its snapshots are float32 (4 bytes per weight and copy instead of 2).
 - optimizer (an Adam optimizer given to `step`): Adam's v curvature share and the momentum cosine of the update
   since the previous measurement (`dynamics.optimizer_analysis.tensor_counts`), plus the bf16 flip / hidden
-  counts of the masters when their snapshots are float32.
+  counts of the masters when their snapshots are float32; then, with `every=1`, the next-step flip prediction
+  (`dynamics.bf16_flips.predicted_flips`, a bool per weight kept until the next step): checked at the next
+  measurement, its counts go into this step's optimizer summary and its precision / recall into the next
+  step's logged scalars.
 - matrix pass every `geometry_every` steps (`dynamics.geometry`, on the storage pass's pair).
 Nothing is written to the parameters or to global random state: training numerics do not change.
 Results go to `out/series.json` (`dynamics.series/1`, rewritten atomically after each measurement) and are
@@ -33,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from dynamics import bf16_flips
 from dynamics.checkpoints.adam_state import AdamHyper
 from dynamics.documents import write_json_document
 from dynamics.geometry import geometry_stats_batched, skip_reason
@@ -92,6 +96,8 @@ class Monitor:
         tensors = {name: local_tensor(p)[0] for name, p in model.named_parameters() if p.requires_grad}
         self.frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
         self._frozen_records: dict[str, dict[str, TensorRecord]] = {}
+        self._predicted: dict[str, torch.Tensor] = {}  # name -> bf16 flips predicted for the next step
+        self._last_counts: tuple[int, OptimizerCounts] | None = None  # tensors, total of the last measurement
         self.snapshots = Snapshots.take(tensors, {name: self._snapshot_dtype(t) for name, t in tensors.items()})
 
     def _snapshot_dtype(self, t: torch.Tensor) -> torch.dtype:
@@ -123,14 +129,17 @@ class Monitor:
         passes: dict[str, list[TensorRecord]] = {"base": [], "previous": [], "masters": [], "masters_previous": []}
         sharded: dict[str, list[bool]] = {k: [] for k in passes}
         counts: list[OptimizerCounts] = []
+        checked = OptimizerCounts()
         for name, p in model.named_parameters():
             live, is_shard = local_tensor(p)
-            records, optimizer_counts = self._parameter(name, p, live.detach(), first, with_geometry, adam)
+            records, optimizer_counts, flips = self._parameter(name, p, live.detach(), first, with_geometry, adam)
             for kind, record in records.items():
                 passes[kind].append(record)
                 sharded[kind].append(is_shard)
             if optimizer_counts is not None:
                 counts.append(optimizer_counts)
+            if flips is not None:
+                checked = checked + flips
         device = next(model.parameters()).device
         if distributed():
             passes = {k: reduce_records(v, sharded[k], device) for k, v in passes.items()}
@@ -143,23 +152,35 @@ class Monitor:
             vs_base["masters"] = model_metrics(_result(passes["masters"], seconds))
         if vs_previous is not None and passes["masters_previous"]:
             vs_previous["masters"] = model_metrics(_result(passes["masters_previous"], seconds))
+        if checked.predicted_numel and self._last_counts is not None:  # last step's prediction, checked now
+            tensors, total = self._last_counts
+            self.steps[-1] = replace(self.steps[-1], optimizer=_summary(tensors, total + checked))
         summary = None
         if counts:
             total = reduce(lambda x, y: x + y, counts, OptimizerCounts())
-            summary = {"tensors": len(counts), **asdict(total), **optimizer_metrics_of(total)}
+            self._last_counts = (len(counts), total)
+            summary = _summary(len(counts), total)
         self.steps.append(SeriesStep(step, f"{LIVE_SIDE}:step-{step}", vs_base, vs_previous, None, None, summary))
         self._write()
         if self._rank0 and not self._reported and between is not None:
             self._report_cost(seconds, between)
-        return logged_scalars(self.steps[-1])
+        logged = logged_scalars(self.steps[-1])
+        if checked.predicted_numel:
+            for name in ("flip_prediction_precision", "flip_prediction_recall"):
+                value = optimizer_metrics_of(checked)[name]
+                if value is not None:
+                    logged[f"dynamics/optimizer/{name}"] = value
+        return logged
 
     def _parameter(self, name: str, p: torch.Tensor, live: torch.Tensor, first: bool, with_geometry: bool,
-                   adam: dict[int, tuple]) -> tuple[dict[str, TensorRecord], OptimizerCounts | None]:
-        """One parameter's records by pass (module docstring; no "previous" passes at the first measurement)
-        and its Adam counts (None without a state); then its previous snapshot := `live`."""
+                   adam: dict[int, tuple]
+                   ) -> tuple[dict[str, TensorRecord], OptimizerCounts | None, OptimizerCounts | None]:
+        """One parameter's records by pass (module docstring; no "previous" passes at the first measurement),
+        its Adam counts (None without a state) and the check of the flips predicted one step ago (None
+        without a prediction); then its previous snapshot := `live`."""
         if name in self.frozen:
             records = self._frozen(name, p, live, with_geometry)
-            return {k: r for k, r in records.items() if not first or k in ("base", "masters")}, None
+            return {k: r for k, r in records.items() if not first or k in ("base", "masters")}, None, None
         base, previous = self.snapshots.on(name, live.device)
         stored = live.to(self.storage_dtype)
         pairs = {"base": (base.to(self.storage_dtype), stored)}
@@ -171,13 +192,20 @@ class Monitor:
                 pairs["masters_previous"] = (previous, live)
         shape = tuple(p.shape)
         records = {kind: self._record(name, shape, a, b, with_geometry and kind == "base") for kind, (a, b) in pairs.items()}
-        counts = None
+        counts, checked = None, None
+        predicted = self._predicted.pop(name, None)
+        if predicted is not None:
+            flipped = live.to(torch.bfloat16).view(torch.int16) != previous.to(torch.bfloat16).view(torch.int16)
+            checked = OptimizerCounts(predicted_numel=live.numel(), predicted_flips=int(predicted.sum()),
+                                      next_flips=int(flipped.sum()), predicted_and_next=int((predicted & flipped).sum()))
         if id(p) in adam and adam[id(p)][0].shape == live.shape:
             m, v, hyper = adam[id(p)]
             a, b = previous, live.to(previous.dtype)
             counts = tensor_counts(a, b, a.to(torch.bfloat16), b.to(torch.bfloat16), (m, v), hyper)[0]
+            if self.every == 1 and b.dtype == torch.float32:
+                self._predicted[name] = bf16_flips.predicted_flips(b, b.to(torch.bfloat16), m, v, hyper)
         self.snapshots.keep(name, live)
-        return records, counts
+        return records, counts, checked
 
     def _frozen(self, name: str, p: torch.Tensor, live: torch.Tensor, with_geometry: bool) -> dict[str, TensorRecord]:
         """Records of a frozen parameter, W against itself (every element unchanged), made once: it has no
@@ -254,6 +282,11 @@ def logged_scalars(step: SeriesStep) -> dict[str, float]:
         add("dynamics/previous/masters/", step.vs_previous.get("masters"))
     add("dynamics/optimizer/", step.optimizer)
     return out
+
+
+def _summary(tensors: int, total: OptimizerCounts) -> dict:
+    """The model-level `dynamics.optimizer/1` summary of summed counts (as `OptimizerResult.to_json` writes it)."""
+    return {"tensors": tensors, **asdict(total), **optimizer_metrics_of(total)}
 
 
 def _result(records: list[TensorRecord], seconds: float) -> DiffResult:
