@@ -6,7 +6,8 @@ training step is timed without a monitor; then each monitor configuration measur
 `Monitor.step` time is recorded (median over the measured steps, the first one excluded):
 - `bf16`: bf16 snapshots, the storage pass (bitwise sparsity of bf16 saves, norms);
 - `masters`: fp32 snapshots, the storage pass and the fp32 pass (hidden by bf16);
-- `masters+adam`: as `masters`, plus Adam's v curvature share and momentum cosine from the optimizer state.
+- `masters+adam`: as `masters`, plus Adam's v curvature share and momentum cosine from the optimizer state
+  and the next-step flip prediction (a bool per weight kept between steps).
 Extra device memory is the peak allocated during a measurement over the peak of a training step, plus the
 snapshots.
 
