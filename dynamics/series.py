@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -45,6 +45,8 @@ from dynamics.result import DiffResult, geometry_means
 from dynamics.runs import RunInfo, SeriesError, find_step_checkpoints, read_run_info, resolve_base
 from dynamics.training_log import TrainingLog, find_training_log, read_training_log
 
+# Where `dynamics.live` writes a run's series (`DynamicsCallback`: under the trainer's output_dir).
+LIVE_SERIES = Path("dynamics-live") / "series.json"
 KL_FIELDS = ("kl_mean_per_token", "kl_median_per_token", "kl_p95_per_token", "kl_reverse_mean_per_token",
              "kl_mean_per_sequence", "tokens", "sequences", "kl_by_position")
 
@@ -235,6 +237,25 @@ def series(
         steps=steps, out_dir=str(out), diffs_computed=counts["computed"], diffs_cached=counts["cached"])
     write_json_document(result.to_json(), out / "series.json")
     return result
+
+
+def saved_or_live_series(run: RunInfo, *, geometry: GeometryOptions | None = None, device: str = "auto",
+                         progress: bool = False) -> Series:
+    """The run's series from its saved checkpoints (`series`); a run folder without step folders but with
+    the series a live monitor wrote (`run/LIVE_SERIES`) gives that one, labelled with the run's labels
+    (its geometry is whatever the monitor measured)."""
+    live = run.path / LIVE_SERIES
+    if live.is_file() and not _has_step_folders(run.path):
+        measured = Series.read_json(live)
+        return replace(measured, run={"run": run.run, "reward": run.reward, "seed": run.seed})
+    return series(run.path, base=run.base, geometry=geometry, device=device, labels=run, progress=progress)
+
+
+def _has_step_folders(run_dir: Path) -> bool:
+    try:
+        return bool(find_step_checkpoints(run_dir))
+    except SeriesError:
+        return False
 
 
 def latest_training_log(step_folders: list[Path]) -> TrainingLog | None:

@@ -26,7 +26,7 @@ from scipy import stats
 from dynamics.errors import DynamicsError
 from dynamics.geometry_options import GeometryOptions
 from dynamics.runs import RunInfo, find_runs
-from dynamics.series import Series, SeriesStep, series
+from dynamics.series import Series, SeriesStep, saved_or_live_series
 from dynamics.training_log import CANONICAL_FIELDS, read_training_log
 from probes.behavior import BehaviorResult, SeedShift, Shift, behavior_probe
 from probes.generations import read_generations
@@ -90,11 +90,10 @@ def zero_advantage_steps(path: str | Path) -> ZeroAdvantage | None:
 def compare_runs(paths: list[str | Path], manifest: str | Path | None = None,
                  geometry: GeometryOptions = DEFAULT_GEOMETRY, device: str = "auto",
                  progress: bool = False) -> Comparison:
-    """Series with geometry for every run found in `paths` (cached under each RUN/series) and the behavior
-    probe over their `generations.jsonl`, relabelled with each run's run/seed/reward labels."""
+    """Series with geometry for every run found in `paths` (cached under each RUN/series; a run folder with
+    only a live monitor's series, `dynamics.series.LIVE_SERIES`, gives that one) and the behavior probe over their `generations.jsonl`, relabelled with each run's run/seed/reward labels."""
     runs = find_runs(paths, manifest)
-    results = tuple(series(run.path, base=run.base, geometry=geometry, device=device, labels=run,
-                           progress=progress) for run in runs)
+    results = tuple(saved_or_live_series(run, geometry=geometry, device=device, progress=progress) for run in runs)
     with_generations = [run for run in runs if (run.path / "generations.jsonl").is_file()]
     generations = [replace(g, run=run.run, seed=run.seed, reward=run.reward) for run in with_generations
                    for g in read_generations(run.path / "generations.jsonl")]

@@ -21,7 +21,7 @@ def add_parser(sub: Subparsers) -> None:
                        help="diff every checkpoint of a run against the base and the previous step; "
                             "series.json and a report")
     p.add_argument("run_dir", help="run folder with checkpoint-N / global_step_N / global_stepN / iter_NNNNNNN / "
-                                     "step_N folders")
+                                     "step_N folders, or a series.json written live (dynamics.live): its report")
     p.add_argument("--base", help="base checkpoint (default: \"base\" in RUN_DIR/run.json)")
     add_output(p, "-o", "--out", folder=True, help="output folder for series.json, cache/ and the report (default RUN_DIR/series)")
     add_geometry(p)
@@ -34,9 +34,16 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from dynamics.series import parse_step_file, series
+    from dynamics.series import Series, parse_step_file, series
     from probes.parameter_order import adam_state_beside
     from reports.series import render_series_report
+
+    if Path(args.run_dir).is_file():
+        live = Series.read_json(args.run_dir)
+        out = Path(args.out) if args.out is not None else Path(live.out_dir)
+        print(f"{len(live.steps)} steps measured live against {live.base}")
+        wrote(render_series_report(live, out))
+        return
 
     kl = dict(parse_step_file(text) for text in args.kl)
     result = series(args.run_dir, base=args.base, out=args.out, geometry=geometry_options(args),
