@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dynamics.cautions import diff_cautions
 from dynamics.element_stats import ulp_bucket_labels
 from dynamics.metrics import derived_metrics, format_value, matrix_metrics, metrics_needing
 from dynamics.naming import MODULE_KINDS
 from dynamics.result import DiffResult, TensorRecord, aggregate
 from reports import figures
-from reports.document import Block, Paragraph, Table, fmt_count, fmt_fraction, fmt_sci
+from reports.document import Block, Note, Paragraph, Table, fmt_count, fmt_fraction, fmt_sci
 
 
 def subtitle(result: DiffResult) -> list[str]:
@@ -22,6 +23,11 @@ def subtitle(result: DiffResult) -> list[str]:
         (f"{len(result.records)} tensor pairs, {result.summary().numel:,} elements, compared in {dtypes}; "
          f"diff ran on {result.device} in {result.seconds:.1f} s"),
     ]
+
+
+def caution_blocks(result: DiffResult) -> list[Block]:
+    """`dynamics.cautions.diff_cautions` as notes, placed beside the report's first readings."""
+    return [Note(f"**Caution:** {text}.") for text in diff_cautions(result)]
 
 
 def unpaired_blocks(result: DiffResult) -> list[Block]:

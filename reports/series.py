@@ -69,15 +69,18 @@ def _run_label(series: Series) -> str:
     return f"{run['run']} (reward {run['reward']}, seed {run['seed']})"
 
 
-def _geometry_k(series: Series) -> int | None:
+def _geometry_k(series: Series) -> str | None:
+    """"k = K" as the series asked for it ("the default k per matrix" when none was); None without geometry."""
     geometry = series.options.get("geometry")
-    return None if geometry is None else geometry["k"]
+    if geometry is None:
+        return None
+    return "the default k per matrix" if geometry["k"] is None else f"k = {geometry['k']}"
 
 
 def _subtitle(series: Series) -> list[str]:
     steps = [s.step for s in series.steps]
     k = _geometry_k(series)
-    geometry = "no geometry" if k is None else f"geometry at k = {k}"
+    geometry = "no geometry" if k is None else f"geometry at {k}"
     return [
         f"Run: `{series.run_dir}`",
         f"Base: `{series.base}`",
@@ -170,7 +173,7 @@ def _geometry_blocks(series: Series, out_dir: Path, colour: str) -> list[Block]:
     ratio = [_geometry(s, "vs_base", "principal_energy_ratio") for s in steps]
     rotation = figures.step_curves(x, [("vs base", angle, "-"), ("vs previous checkpoint", angle_previous, "--")],
                                    "max principal angle (degrees)",
-                                   f"rotation of the top-{_geometry_k(series)} left singular subspaces", colour)
+                                   f"rotation of the top-k left singular subspaces ({_geometry_k(series)})", colour)
     energy = figures.step_curves(
         x, [("vs base", ratio, "-")], r"$\rho_k$ / random baseline (log scale)",
         "principal energy of the update vs random directions", colour, log=True,

@@ -16,6 +16,7 @@ from dynamics.result import DiffResult, TensorRecord, aggregate
 from reports import figures
 from reports.document import Block, Paragraph, Report, Section, Table, fmt_count, fmt_fraction, fmt_sci
 from reports.sections import (
+    caution_blocks,
     headline_table,
     hidden_blocks,
     registered_element_table,
@@ -45,7 +46,7 @@ def render_sparsity_report(result: DiffResult, out_dir: Path) -> Path:
         title="Update sparsity report",
         subtitle=subtitle(result),
         sections=[
-            Section("Model level", [headline_table(result), *unpaired_blocks(result),
+            Section("Model level", [*caution_blocks(result), headline_table(result), *unpaired_blocks(result),
                                     *_tolerance_blocks(result, out_dir)]),
             Section("Registered headline metrics", [registered_element_table(result)]),
             Section("Per layer", _layer_blocks(result, out_dir)),

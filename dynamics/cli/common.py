@@ -22,8 +22,9 @@ def device_and_quiet() -> argparse.ArgumentParser:
 
 
 def add_rank_k(p: argparse.ArgumentParser, what: str = "--geometry") -> None:
-    p.add_argument("--rank-k", type=int, default=GeometryOptions.k,
-                   help=f"top-k singular subspaces for {what} (default {GeometryOptions.k})")
+    p.add_argument("--rank-k", type=int, default=None,
+                   help=f"top-k singular subspaces for {what} (default min(64, max(1, min(m, n) // 8)) per "
+                        "m × n matrix; a larger k is clamped to min(m, n), with a caution)")
 
 
 def add_geometry(p: argparse.ArgumentParser) -> None:
@@ -43,7 +44,7 @@ def add_weights_choice(p: argparse.ArgumentParser) -> None:
 
 def geometry_options(args: argparse.Namespace, always: bool = False) -> GeometryOptions | None:
     """The frozen matrix-pass options the flags ask for; None when `--geometry` is off (and not `always`)."""
-    if args.rank_k < 1:
+    if args.rank_k is not None and args.rank_k < 1:
         raise DynamicsError("--rank-k must be at least 1")
     if not (always or getattr(args, "geometry", False)):
         return None
