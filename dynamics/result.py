@@ -76,7 +76,7 @@ _TUPLE_FIELDS = ("ulp_histogram", "within_abs", "within_rel")
 def stats_from_row(row: dict) -> ElementStats:
     """The `ElementStats` counters stored in a JSON row (per tensor or aggregate)."""
     return ElementStats(**{f.name: tuple(row[f.name]) if f.name in _TUPLE_FIELDS else row[f.name]
-                           for f in fields(ElementStats)})
+                           for f in fields(ElementStats) if f.name in row})
 
 
 _SINGULAR_VALUE_FIELDS = ("singular_values_a", "singular_values_b", "singular_values_delta")

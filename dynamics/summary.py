@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dynamics.cautions import diff_cautions
-from dynamics.element_stats import ElementStats, ulp_bucket_labels
+from dynamics.element_stats import SIGN_CROSSING_LABEL, ElementStats, ulp_bucket_labels
 from dynamics.metrics import METRICS, derived_metrics, format_value, metrics_needing
 from dynamics.result import BLOCKS, DiffResult, geometry_means
 
@@ -36,12 +36,15 @@ def _ulp_histogram(stats: ElementStats) -> list[str]:
     moved = stats.moved
     if not moved:
         return ["  (no element moved)"]
-    last = max(j for j, c in enumerate(stats.ulp_histogram) if c)
+    last = max((j for j, c in enumerate(stats.ulp_histogram) if c), default=0)
     labels = ulp_bucket_labels()
     lines = []
     for j in range(last + 1):
         share = stats.ulp_histogram[j] / moved
         lines.append(f"  {labels[j]:>21} ULP  {'#' * round(share * _BAR_WIDTH):<{_BAR_WIDTH}} {share:7.2%}")
+    share = stats.sign_crossings / moved
+    lines.append(f"  {SIGN_CROSSING_LABEL:>25}  {'#' * round(share * _BAR_WIDTH):<{_BAR_WIDTH}} {share:7.2%}"
+                 "  (W0·W1 < 0: no ULP distance)")
     return lines
 
 

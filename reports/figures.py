@@ -178,21 +178,27 @@ def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], values: Sequen
     return fig
 
 
-def ulp_histograms(histograms: dict[str, Sequence[int]]) -> plt.Figure:
+def ulp_histograms(histograms: dict[str, Sequence[int]], crossings: dict[str, int]) -> plt.Figure:
     """One panel per dtype: moved elements per ULP-distance bucket j (2^(j−1) < d ≤ 2^j, ticks show
-    the upper bound 2^j), log y; buckets after the last non-empty one are cut."""
+    the upper bound 2^j), log y; buckets after the last non-empty one are cut. The dtype's sign
+    crossings (no ULP distance) are a separate orange bar at the right, labelled as such."""
     fig, axes = plt.subplots(1, max(1, len(histograms)), figsize=(6.5 * max(1, len(histograms)), 3.8), squeeze=False)
     for ax, (dtype, counts) in zip(axes[0], histograms.items()):
         last = max((i for i, c in enumerate(counts) if c), default=0)
         shown = list(counts[:last + 1])
         x = np.arange(len(shown))
         ax.bar(x, [c if c else np.nan for c in shown], color="tab:blue", edgecolor="black", linewidth=0.4)
+        crossed = crossings.get(dtype, 0)
+        ax.bar([len(shown) + 0.5], [crossed if crossed else np.nan], color="tab:orange", edgecolor="black",
+               linewidth=0.4, label=f"sign crossings ({crossed:,})")
         ax.set_yscale("log")
         step = 1 if len(shown) <= 17 else 2
-        ax.set_xticks(x[::step], [f"$2^{{{j}}}$" for j in x[::step]], fontsize=8)
-        ax.set_xlabel("ULP distance d, bucket upper bound (2^(j−1) < d ≤ 2^j; steps of the stored dtype)", fontsize=9)
+        ax.set_xticks([*x[::step], len(shown) + 0.5], [*(f"$2^{{{j}}}$" for j in x[::step]), "±"], fontsize=8)
+        ax.set_xlabel("ULP distance d, bucket upper bound (2^(j−1) < d ≤ 2^j; steps of the stored dtype); "
+                      "±: sign crossings", fontsize=9)
         ax.set_ylabel("moved elements (count, log scale)")
-        ax.set_title(f"{dtype}: {sum(counts):,} moved elements", fontsize=11)
+        ax.legend(fontsize=8, frameon=False, loc="upper right")
+        ax.set_title(f"{dtype}: {sum(counts) + crossed:,} moved elements", fontsize=11)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
