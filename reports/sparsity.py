@@ -124,7 +124,7 @@ def _grid_blocks(result: DiffResult, out_dir: Path) -> list[Block]:
             ("bitwise-sparsity", sparsity, "bitwise sparsity (share bit-identical)",
              {"unit_interval": True},
              "Bitwise sparsity per layer and module kind (grey: no such tensor)."),
-            ("relative-update-norm", norms, RELATIVE_NORM_LABEL, {"log": None},
+            ("relative-update-norm", norms, RELATIVE_NORM_LABEL, {"log": None, "zero_is_grey": True},
              ("Relative update norm ‖Δ‖_F / ‖W0‖_F per layer and module kind, log colour scale when the "
               "values span a decade (grey: no such tensor, or Δ = 0)."))):
         title = label.split(" (")[0] + " per layer and module kind"
