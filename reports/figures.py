@@ -315,7 +315,11 @@ def _scale_y(ax: plt.Axes, values: Sequence[float | None], unit_interval: bool, 
     below/above the positive values, plain tick labels) when `log`, or when None and the values span decades.
     True when something was set."""
     if unit_interval:
-        ax.set_ylim(*_unit_limits(values, unit_top))
+        bottom, top = _unit_limits(values, unit_top)
+        ax.set_ylim(bottom, top)
+        if bottom > 0:  # a zoomed share axis says so where the eye reads bar lengths
+            ax.annotate(f"y axis zoomed: starts at {bottom:.3g}, not 0", (0.01, 0.01), xycoords="axes fraction",
+                        fontsize=7, color="dimgray", va="bottom")
         return True
     if not _is_log(values, unit_interval, log):
         return False

@@ -11,7 +11,7 @@ from dynamics.metrics import derived_metrics, format_value, matrix_metrics, metr
 from dynamics.naming import MODULE_KINDS
 from dynamics.result import DiffResult, TensorRecord, aggregate
 from reports import figures
-from reports.document import Block, Note, Paragraph, Table, fmt_count, fmt_fraction, fmt_sci
+from reports.document import Block, Paragraph, Table, fmt_count, fmt_fraction, fmt_sci
 
 
 def subtitle(result: DiffResult) -> list[str]:
@@ -27,7 +27,7 @@ def subtitle(result: DiffResult) -> list[str]:
 
 def caution_blocks(result: DiffResult) -> list[Block]:
     """`dynamics.cautions.diff_cautions` as notes, placed beside the report's first readings."""
-    return [Note(f"**Caution:** {text}.") for text in diff_cautions(result)]
+    return [Paragraph(f"**Caution:** {text}.") for text in diff_cautions(result)]
 
 
 def unpaired_blocks(result: DiffResult) -> list[Block]:

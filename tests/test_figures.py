@@ -16,6 +16,7 @@ def test_share_bars_zoom_to_the_data():
     fig = figures.bars(["a", "b"], [0.964, 0.967], "run", "bitwise sparsity", "t", unit_interval=True)
     low, high = fig.axes[0].get_ylim()
     assert 0.95 < low < 0.964 and 0.967 < high < 0.98
+    assert any(t.get_text().startswith("y axis zoomed: starts at 0.9") for t in fig.axes[0].texts)
     spread = figures.bars(["a", "b"], [0.1, 0.9], "run", "bitwise sparsity", "t", unit_interval=True)
     assert spread.axes[0].get_ylim() == (0.0, 1.08)
 

@@ -101,3 +101,17 @@ def test_default_k_gives_no_k_caution_and_the_gap_per_kind(tmp_path, capsys):
     # A 0.3-σ noise update on a random (flat-spectrum) matrix: every gap is below ‖Δ‖₂, all flagged.
     assert all(g["gap_flagged"] for g in rows.values())
     assert "CAUTION: 2 of 2 matrices have a spectral gap" in out
+
+
+def test_reports_put_the_cautions_beside_their_first_readings(tmp_path):
+    from dynamics import diff
+    from dynamics.geometry_options import GeometryOptions
+    from reports.three_gate import render_three_gate_report
+
+    a, b = _flat_pair(tmp_path)
+    result = diff(a, b, device="cpu", geometry=GeometryOptions(k=32))
+    render_three_gate_report(result, tmp_path / "r")
+    markdown = (tmp_path / "r" / "three-gate.md").read_text()
+    glance = markdown[: markdown.index("## Gate I")]
+    assert "**Caution:** --rank-k exceeds min(m, n) on 2 matrices" in glance
+    assert "Missing input" not in glance
