@@ -43,12 +43,3 @@ def test_the_rendered_help_shows_the_default_value():
     text = " ".join(demo.format_help().split())
     assert "seed of the lab runs (default: 1)" in text and "(default: auto)" in text
 
-
-def test_a_second_demo_into_the_same_folder_stops_at_once(tmp_path, capsys):
-    # What the README promises: the folder of a finished demo already holds a lab study.
-    (tmp_path / "lab").mkdir()
-    (tmp_path / "lab" / "manifest.json").write_text("{}")
-    assert main(["demo", "--out", str(tmp_path), "-q", "--device", "cpu"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "already holds a lab study" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lab"]
