@@ -88,7 +88,8 @@ class GeometryStats:
         ‖Δ‖_F² is exact, the σ_i(Δ) come from the same (randomized) top-R SVD, exact up to its error.
     singular_values_a / _b / _delta: top-k singular values of W0, W1, Δ.
     spectral_gap: σ_k/σ_{k+1} of W0 (k = rank_a); None when W0 has no (k+1)-th direction (k = min(m, n)
-        or σ_{k+1} below the numerical-rank tolerance): then the subspace is exactly defined.
+        or σ_{k+1} below the numerical-rank tolerance): then the subspace is exactly defined. σ_{k+1} comes
+        from the same decomposition as σ_k (the randomized sketch holds k + OVERSAMPLE ≥ k + 1 columns).
     wedin_sin_bound: ‖Δ‖_2 / δ, δ = σ_k(W0) − σ_{k+1}(W0): Wedin's bound sin θ_max ≤ ‖Δ‖_2/δ on the
         rotation the update can cause (0 when Δ = 0; None without σ_{k+1} or when δ = 0).
     gap_flagged: δ ≤ ‖Δ‖_2 (Δ ≠ 0), i.e. the bound exceeds 1 and excludes no angle: the top-k subspace is
