@@ -49,7 +49,8 @@ def diff(
         a, b: paths (HF folder, .safetensors, .bin/.pt, trainer folder) or opened Checkpoints;
             b may be a PEFT adapter folder, merged onto a.
         device: "auto", "cpu" or "cuda" (`dynamics.devices.resolve_device`).
-        strict: raise PairingError on any tensor that does not pair cleanly.
+        strict: raise PairingError on any tensor that does not pair cleanly (before reading any), and
+            CheckpointError at the first tensor holding NaN/Inf (naming file and tensor).
         save_masks: keep bit-packed update masks in `DiffResult.masks`.
         geometry: also run the matrix pass (`dynamics.geometry`) on every 2-D pair with these options;
             same-shaped matrices are batched into one SVD call (up to
@@ -70,7 +71,7 @@ def diff(
     ckpt_a, ckpt_b, pairs, unpaired = open_pair(a, b, strict=strict, component=component, masters=masters,
                                                 adapter_base=adapter_base)
     return run_comparisons([Comparison(ckpt_a, ckpt_b, pairs, unpaired)], target, geometry=geometry,
-                           save_masks=save_masks, progress=progress)[0]
+                           save_masks=save_masks, progress=progress, strict=strict)[0]
 
 
 def diff_many(
@@ -110,4 +111,4 @@ def diff_many(
         ckpt_a = get(a, base)
         ckpt_a, ckpt_b, pairs, unpaired = open_pair(ckpt_a, get(b, base or ckpt_a), strict=strict)
         prepared.append(Comparison(ckpt_a, ckpt_b, pairs, unpaired))
-    return run_comparisons(prepared, target, geometry=geometry, progress=progress)
+    return run_comparisons(prepared, target, geometry=geometry, progress=progress, strict=strict)

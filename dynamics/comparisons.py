@@ -20,6 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from dynamics.checkpoints import Checkpoint
+from dynamics.element_stats import ElementStats
+from dynamics.errors import CheckpointError
 from dynamics.geometry import GeometryStats, geometry_stats_batched, skip_reason
 from dynamics.geometry_options import GeometryOptions
 from dynamics.kernels import element_stats
@@ -45,8 +47,9 @@ class Comparison:
 
 def run_comparisons(comparisons: Sequence[Comparison], device: torch.device, *,
                     geometry: GeometryOptions | None = None, save_masks: bool = False,
-                    progress: bool = False) -> list[DiffResult]:
-    """One `DiffResult` per comparison, from one pass over the tensors (module docstring).
+                    progress: bool = False, strict: bool = False) -> list[DiffResult]:
+    """One `DiffResult` per comparison, from one pass over the tensors (module docstring). `strict`: the
+    first tensor holding NaN/Inf on either side is a CheckpointError naming its file and tensor.
 
     Each result's `seconds` is the whole pass; its `bytes_read` the bytes of the pairs it compared."""
     jobs = _jobs(comparisons)
@@ -60,7 +63,7 @@ def run_comparisons(comparisons: Sequence[Comparison], device: torch.device, *,
                 loads.append(load)
             last_use[key] = index
     key_at = list(position)
-    recorders = [_Recorder(geometry, save_masks) for _ in comparisons]
+    recorders = [_Recorder(geometry, save_masks, c if strict else None) for c in comparisons]
     start = time.perf_counter()
     bar = tqdm(total=sum(load.info.nbytes for load in loads), unit="B", unit_scale=True, disable=not progress,
                desc="diff")
@@ -116,8 +119,8 @@ def _source(load: Load) -> Hashable:
 class _Recorder:
     """The records, masks and pending matrix pass of one comparison, built pair by pair."""
 
-    def __init__(self, geometry: GeometryOptions | None, save_masks: bool):
-        self.geometry, self.save_masks = geometry, save_masks
+    def __init__(self, geometry: GeometryOptions | None, save_masks: bool, strict: Comparison | None = None):
+        self.geometry, self.save_masks, self.strict = geometry, save_masks, strict
         self.records: list[TensorRecord] = []
         self.masks: dict = {}
         self.geometry_skipped: list[dict] = []
@@ -126,6 +129,8 @@ class _Recorder:
 
     def add(self, pair: TensorPair, a: torch.Tensor, b: torch.Tensor) -> None:
         stats = element_stats(a, b)
+        if self.strict is not None:
+            _raise_if_nonfinite(self.strict, pair.name, stats)
         if self.geometry is not None:
             reason = skip_reason(pair.a.shape, pair.compare_dtype)
             if reason is None and stats.finite_pairs < stats.numel:
@@ -151,6 +156,15 @@ class _Recorder:
             device=device.type, seconds=seconds, bytes_read=self.bytes_read, packed_masks=self.masks,
             geometry_skipped=self.geometry_skipped,
         )
+
+
+def _raise_if_nonfinite(comparison: Comparison, name: str, stats: ElementStats) -> None:
+    """CheckpointError naming the file (A's first) and tensor when either side holds NaN/Inf."""
+    for ckpt, nan, inf in ((comparison.a, stats.nan_a, stats.inf_a), (comparison.b, stats.nan_b, stats.inf_b)):
+        if nan or inf:
+            location = ckpt.locations.get(name)
+            where = location[0] if location is not None else ckpt.path
+            raise CheckpointError(f"{where}: tensor {name}: {nan} NaN and {inf} Inf values (--strict)")
 
 
 class _MatrixBatches:

@@ -3,6 +3,11 @@
 Notation: W0 = tensor of checkpoint A (base), W1 = of checkpoint B, Δ = W1 − W0 in float32,
 n = number of elements. A *finite pair* has W0 and W1 both finite. A *moved* element is a
 finite pair whose stored bits differ and that is not a ±0 pair; it has a ULP distance ≥ 1.
+A *sign crossing* is a moved element with W0 and W1 of opposite signs, neither of them ±0
+(W0·W1 < 0 in exact arithmetic): its ULP distance counts every tiny value on both sides of zero
+(−1.0e-4 → +1.08e-4 in bf16 is ~29,000 ULPs), so it is counted in its own bucket, not in the ULP
+histogram. A move from or to ±0 stays in the histogram: its distance |ord(W)| is the count of values
+between zero and W, on one side.
 
 Every field is a count or a sum, so statistics of a layer, a module kind or the whole model
 are the field-wise sum (`+`) of its tensors' stats; ratios are derived afterwards
@@ -23,8 +28,11 @@ REL_EPSILON: float = 1e-12
 ULP_BUCKETS: int = 33
 
 
+SIGN_CROSSING_LABEL = "sign crossing"
+
+
 def ulp_bucket_labels() -> list[str]:
-    """Human labels of the ULP buckets: "1", "2", "3-4", "5-8", ..."""
+    """Human labels of the ULP buckets: "1", "2", "3-4", "5-8", ... (sign crossings: SIGN_CROSSING_LABEL)."""
     labels = ["1", "2"]
     for j in range(2, ULP_BUCKETS):
         labels.append(f"{2 ** (j - 1) + 1}-{2 ** j}")
@@ -40,7 +48,9 @@ class ElementStats:
     changed_nonfinite: changed elements where W0 or W1 is NaN/Inf.
     nan_a, nan_b, inf_a, inf_b: NaN / ±Inf counts in W0 and W1.
     finite_pairs: elements with W0 and W1 both finite.
-    ulp_histogram[j]: moved elements with ULP distance in bucket j (sum = moved elements).
+    ulp_histogram[j]: moved elements that are not sign crossings, with ULP distance in bucket j.
+    sign_crossings: moved elements with W0·W1 < 0 (neither ±0); moved = Σ ulp_histogram + sign_crossings.
+        0 in results written before it existed (their crossings are in the histogram).
     within_abs[i]: finite pairs with |Δ| ≤ ABS_TOLERANCES[i].
     within_rel[i]: finite pairs with |Δ| ≤ REL_TOLERANCES[i]·max(|W0|, REL_EPSILON).
     hidden_by_bf16 / hidden_by_fp16: float32 pairs only (None otherwise): moved elements whose
@@ -74,11 +84,12 @@ class ElementStats:
     cols: int | None
     unchanged_rows: int | None
     unchanged_cols: int | None
+    sign_crossings: int = 0
 
     @property
     def moved(self) -> int:
-        """Changed finite non-±0 elements (= Σ ulp_histogram)."""
-        return sum(self.ulp_histogram)
+        """Changed finite non-±0 elements (= Σ ulp_histogram + sign_crossings)."""
+        return sum(self.ulp_histogram) + self.sign_crossings
 
     def __add__(self, other: ElementStats) -> ElementStats:
         """Field-wise sum (max for max_abs_delta); None + x = x."""

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dynamics.geometry_options import default_rank_k
 from dynamics.kernels.elementwise_cpu import BITS_VIEW, SUPPORTED_DTYPES
 from dynamics.masks import update_mask
 from dynamics.svd import (
@@ -62,7 +63,8 @@ _EPS32 = torch.finfo(torch.float32).eps
 class GeometryStats:
     """Geometry of one 2-D pair. Ratios lie in [0, 1]; None where undefined (see module docstring).
 
-    k, k_clamped: rank used, min(requested k, m, n), and whether the request was clamped.
+    k, k_clamped: rank used, min(requested k, m, n) (`default_rank_k(m, n)` when none was requested),
+        and whether the request was clamped.
     exact: torch.linalg.svd (True) or `randomized_svd` (False).
     rank_a, rank_b: numerical ranks of W0, W1 among their top k (= k for any real weight).
     principal_angle_max_deg, principal_angle_mean_sin2: principal angles θ_i between span(U0_k) and
@@ -85,6 +87,14 @@ class GeometryStats:
     rank_energy[r]: Σ_{i ≤ min(r, m, n)} σ_i(Δ)² / ‖Δ‖_F², the share a rank-r adapter could hold;
         ‖Δ‖_F² is exact, the σ_i(Δ) come from the same (randomized) top-R SVD, exact up to its error.
     singular_values_a / _b / _delta: top-k singular values of W0, W1, Δ.
+    spectral_gap: σ_k/σ_{k+1} of W0 (k = rank_a); None when W0 has no (k+1)-th direction (k = min(m, n)
+        or σ_{k+1} below the numerical-rank tolerance): then the subspace is exactly defined. σ_{k+1} comes
+        from the same decomposition as σ_k (the randomized sketch holds k + OVERSAMPLE ≥ k + 1 columns).
+    wedin_sin_bound: ‖Δ‖_2 / δ, δ = σ_k(W0) − σ_{k+1}(W0): Wedin's bound sin θ_max ≤ ‖Δ‖_2/δ on the
+        rotation the update can cause (0 when Δ = 0; None without σ_{k+1} or when δ = 0).
+    gap_flagged: δ ≤ ‖Δ‖_2 (Δ ≠ 0), i.e. the bound exceeds 1 and excludes no angle: the top-k subspace is
+        not defined at the update's scale, so a large angle may be a swap of near-equal directions, not a
+        rotation. Results written before these fields existed read back as None / False.
     """
 
     k: int
@@ -116,6 +126,9 @@ class GeometryStats:
     singular_values_delta: tuple[float, ...]
     principal_mask_stratified_chance: dict[str, float | None] = field(default_factory=dict)
     low_magnitude_mask_stratified_chance: dict[str, float | None] = field(default_factory=dict)
+    spectral_gap: float | None = None
+    wedin_sin_bound: float | None = None
+    gap_flagged: bool = False
 
 
 def skip_reason(shape: tuple[int, ...], dtype: torch.dtype) -> str | None:
@@ -329,18 +342,19 @@ def geometry_stats(
     w0: torch.Tensor,
     w1: torch.Tensor,
     update_mask: torch.Tensor | None = None,
-    k: int = 64,
+    k: int | None = None,
     exact: bool = False,
     generator_seed: int = 0,
 ) -> GeometryStats:
     """Geometry of one 2-D pair (see `GeometryStats`); `update_mask` = bitwise-changed elements
-    (default: W0 and W1 compared bit by bit). Randomized unless `exact`; same seed, same numbers."""
+    (default: W0 and W1 compared bit by bit); k = None: `default_rank_k(m, n)`. Randomized unless `exact`;
+    same seed, same numbers."""
     return geometry_stats_batched([(w0, w1, update_mask)], k=k, exact=exact, generator_seed=generator_seed)[0]
 
 
 def geometry_stats_batched(
     pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
-    k: int = 64,
+    k: int | None = None,
     exact: bool = False,
     generator_seed: int = 0,
 ) -> list[GeometryStats]:
@@ -369,7 +383,7 @@ def geometry_stats_batched(
     return results
 
 
-def _geometry_stack(pairs, k: int, exact: bool, seed: int) -> list[GeometryStats]:
+def _geometry_stack(pairs, k: int | None, exact: bool, seed: int) -> list[GeometryStats]:
     """All metrics of B same-shaped pairs: batched SVDs, then per-matrix scalars gathered as columns."""
 
     def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -380,7 +394,9 @@ def _geometry_stack(pairs, k: int, exact: bool, seed: int) -> list[GeometryStats
     delta = b - a
     batch, m, n = a.shape
     full = min(m, n)
-    kk = min(k, full)
+    kk = default_rank_k(m, n) if k is None else min(k, full)
+    # W0 gets k + 1 singular values (σ_{k+1} for the spectral gap); its top-k triplets are unchanged.
+    k_next = min(kk + 1, full)
     delta_rank = min(max(max(RANK_ENERGY_RANKS), kk), full)
 
     columns: dict[str, torch.Tensor] = {
@@ -390,16 +406,17 @@ def _geometry_stack(pairs, k: int, exact: bool, seed: int) -> list[GeometryStats
         raise ValueError("W0 or W1 holds NaN/Inf values; matrix geometry needs finite weights")
 
     if exact:
-        u0, s0, v0 = exact_svd(a, kk)
+        u0, s0_next, v0 = exact_svd(a, k_next)
         u1, s1, v1 = exact_svd(b, kk)
         s_delta = torch.linalg.svdvals(delta)[:, :delta_rank]
     else:
         # W0 and W1 share a sketch (see the module docstring); Δ gets its own, wider one.
         sketch = gaussian_sketch(n, min(kk + OVERSAMPLE, full), seed, a.device)
-        u0, s0, v0 = randomized_svd(a, kk, power_iterations=POWER_ITERATIONS, sketch=sketch)
+        u0, s0_next, v0 = randomized_svd(a, k_next, power_iterations=POWER_ITERATIONS, sketch=sketch)
         u1, s1, v1 = randomized_svd(b, kk, power_iterations=POWER_ITERATIONS, sketch=sketch)
         sketch = gaussian_sketch(n, min(delta_rank + OVERSAMPLE, full), seed + 1, a.device)
         s_delta = randomized_singular_values(delta, delta_rank, power_iterations=POWER_ITERATIONS, sketch=sketch)
+    u0, v0, s0 = u0[..., :kk], v0[..., :kk], s0_next[..., :kk]
 
     # Numerical rank: directions with σ_i ≤ σ_1·√max(m, n)·ε are dropped (their columns zeroed).
     tolerance = math.sqrt(max(m, n)) * _EPS32
@@ -432,10 +449,10 @@ def _geometry_stack(pairs, k: int, exact: bool, seed: int) -> list[GeometryStats
         overlaps.append((principal, low_magnitude))
 
     table = torch.stack([c.double().cpu() for c in columns.values()], dim=1)
-    s0, s1, s_delta = s0.double().cpu(), s1.double().cpu(), s_delta.double().cpu()
+    s0, s1, s_delta = s0_next.double().cpu(), s1.double().cpu(), s_delta.double().cpu()
     return [
         _assemble(dict(zip(columns, table[i].tolist())), (m, n), k, kk, exact, *overlaps[i],
-                  s0[i].tolist(), s1[i].tolist(), s_delta[i].tolist())
+                  s0[i].tolist(), s1[i].tolist(), s_delta[i].tolist(), tolerance)
         for i in range(batch)
     ]
 
@@ -470,11 +487,13 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 
 
 def _assemble(
-    row: dict[str, float], shape: tuple[int, int], k: int, kk: int, exact: bool,
+    row: dict[str, float], shape: tuple[int, int], k: int | None, kk: int, exact: bool,
     principal_overlap: tuple[list[float], list[float | None]], low_overlap: tuple[list[float], list[float | None]],
-    s0: list[float], s1: list[float], s_delta: list[float],
+    s0_next: list[float], s1: list[float], s_delta: list[float], tolerance: float,
 ) -> GeometryStats:
-    """One matrix's `GeometryStats` from its gathered float64 scalars; applies the None rules."""
+    """One matrix's `GeometryStats` from its gathered float64 scalars (`s0_next`: W0's top k + 1 singular
+    values where min(m, n) > k); applies the None rules."""
+    s0 = s0_next[:kk]
     m, n = shape
     r0, r1 = int(row["rank_a"]), int(row["rank_b"])
     nd = row["norm_delta"]
@@ -498,13 +517,14 @@ def _assemble(
                 for p, c in zip(GEOMETRY_MASK_PERCENTS, values)}
 
     angle_max_left, angle_mean_left = angles("left")
+    gap, wedin, flagged = _spectral_gap(s0_next, int(row["rank_a"]), tolerance, 0.0 if same else s_delta[0])
     angle_max_right, angle_mean_right = angles("right")
     positive = [x for x in s_delta if x > 0]
     total = sum(positive)
     entropy = -sum(x / total * math.log(x / total) for x in positive) if total else 0.0
     return GeometryStats(
         k=kk,
-        k_clamped=k > kk,
+        k_clamped=k is not None and k > kk,
         exact=exact,
         rank_a=r0,
         rank_b=r1,
@@ -532,4 +552,17 @@ def _assemble(
         singular_values_delta=tuple(s_delta[:kk]),
         principal_mask_stratified_chance=chances(principal_overlap[1], r0 > 0),
         low_magnitude_mask_stratified_chance=chances(low_overlap[1], True),
+        spectral_gap=gap,
+        wedin_sin_bound=wedin,
+        gap_flagged=flagged,
     )
+
+
+def _spectral_gap(s0: list[float], rank: int, tolerance: float, delta_norm2: float):
+    """(σ_r/σ_{r+1}, ‖Δ‖_2/(σ_r − σ_{r+1}), flagged) of W0 at its used rank r (see `GeometryStats`)."""
+    if rank == 0 or rank >= len(s0) or s0[rank] <= s0[0] * tolerance:
+        return None, None, False
+    sigma_k, sigma_next = s0[rank - 1], s0[rank]
+    gap = sigma_k - sigma_next
+    wedin = delta_norm2 / gap if gap > 0 else (0.0 if delta_norm2 == 0 else None)
+    return sigma_k / sigma_next, wedin, delta_norm2 > 0 and delta_norm2 >= gap

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from dynamics.result import TensorRecord
 
 Needs = Literal["element", "matrix", "probe", "overlap", "paper", "optimizer"]
-MetricValue = float | dict[str, float | None] | None
+MetricValue = float | int | dict[str, float | None] | None
 
 # The absolute tolerance of the published sparsity numbers (|Δ| ≤ 1e-5); the key of its grid entry.
 HEADLINE_ABS_TOLERANCE: float = 1e-5
@@ -305,6 +305,21 @@ def principal_overlap_over_stratified(records: Sequence[TensorRecord]) -> float 
     """principal_overlap / principal_stratified_chance: < 1 when the update avoids principal weights beyond
     what precision explains; None when either is undefined or the stratified chance is 0."""
     return _over(principal_overlap(records), principal_stratified_chance(records))
+
+
+@register("matrix", "min spectral gap σ_k/σ_{k+1} of W0", ".3f")
+def spectral_gap_min(records: Sequence[TensorRecord]) -> float | None:
+    """min_t σ_k(W0_t)/σ_{k+1}(W0_t) over the group's matrices that have a (k+1)-th direction; None when
+    none has (every subspace is then exactly defined)."""
+    gaps = [r.geometry.spectral_gap for r in records if r.geometry.spectral_gap is not None]
+    return min(gaps) if gaps else None
+
+
+@register("matrix", "matrices with gap ≤ ‖Δ‖₂ (Wedin-flagged)", "d")
+def gap_flagged_matrices(records: Sequence[TensorRecord]) -> int:
+    """#{t : σ_k(W0_t) − σ_{k+1}(W0_t) ≤ ‖Δ_t‖_2}: matrices whose principal angles Wedin's bound
+    sin θ ≤ ‖Δ‖_2/δ does not constrain (`GeometryStats.gap_flagged`)."""
+    return sum(r.geometry.gap_flagged for r in records)
 
 
 # --- overlap metrics (consistency of R runs' update masks) -----------------------------------------

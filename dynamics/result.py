@@ -64,7 +64,7 @@ class TensorRecord:
         """The record a `to_row` row was made from (singular values, kept in HDF5 only, are empty)."""
         geometry = None
         if row.get("geometry") is not None:
-            geometry = GeometryStats(**row["geometry"], **{k: () for k in _SINGULAR_VALUE_FIELDS})
+            geometry = GeometryStats(**row["geometry"], **{k: () for k in SINGULAR_VALUE_FIELDS})
         return TensorRecord(name=row["name"], layer=row["layer"], module_kind=row["module_kind"],
                             shape=tuple(row["shape"]), dtype=row["dtype"], stats=stats_from_row(row),
                             geometry=geometry)
@@ -76,15 +76,15 @@ _TUPLE_FIELDS = ("ulp_histogram", "within_abs", "within_rel")
 def stats_from_row(row: dict) -> ElementStats:
     """The `ElementStats` counters stored in a JSON row (per tensor or aggregate)."""
     return ElementStats(**{f.name: tuple(row[f.name]) if f.name in _TUPLE_FIELDS else row[f.name]
-                           for f in fields(ElementStats)})
+                           for f in fields(ElementStats) if f.name in row})
 
 
-_SINGULAR_VALUE_FIELDS = ("singular_values_a", "singular_values_b", "singular_values_delta")
+SINGULAR_VALUE_FIELDS = ("singular_values_a", "singular_values_b", "singular_values_delta")
 
 
 def geometry_row(g: GeometryStats) -> dict:
     """JSON form of `GeometryStats` without the singular-value vectors."""
-    return {k: v for k, v in asdict(g).items() if k not in _SINGULAR_VALUE_FIELDS}
+    return {k: v for k, v in asdict(g).items() if k not in SINGULAR_VALUE_FIELDS}
 
 
 def geometry_means(records: list[TensorRecord]) -> dict | None:

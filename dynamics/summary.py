@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dynamics.element_stats import ElementStats, ulp_bucket_labels
+from dynamics.cautions import diff_cautions
+from dynamics.element_stats import SIGN_CROSSING_LABEL, ElementStats, ulp_bucket_labels
 from dynamics.metrics import METRICS, derived_metrics, format_value, metrics_needing
 from dynamics.result import BLOCKS, DiffResult, geometry_means
 
@@ -35,12 +36,15 @@ def _ulp_histogram(stats: ElementStats) -> list[str]:
     moved = stats.moved
     if not moved:
         return ["  (no element moved)"]
-    last = max(j for j, c in enumerate(stats.ulp_histogram) if c)
+    last = max((j for j, c in enumerate(stats.ulp_histogram) if c), default=0)
     labels = ulp_bucket_labels()
     lines = []
     for j in range(last + 1):
         share = stats.ulp_histogram[j] / moved
         lines.append(f"  {labels[j]:>21} ULP  {'#' * round(share * _BAR_WIDTH):<{_BAR_WIDTH}} {share:7.2%}")
+    share = stats.sign_crossings / moved
+    lines.append(f"  {SIGN_CROSSING_LABEL:>25}  {'#' * round(share * _BAR_WIDTH):<{_BAR_WIDTH}} {share:7.2%}"
+                 "  (W0·W1 < 0: no ULP distance)")
     return lines
 
 
@@ -58,6 +62,7 @@ def format_summary(result: DiffResult) -> str:
     rate = result.bytes_read / result.seconds / 1e9 if result.seconds else 0.0
     lines.append(f"{len(result.records)} tensors on {result.device}: {result.bytes_read / 1e6:,.1f} MB in "
                  f"{result.seconds:.2f} s ({rate:.2f} GB/s)")
+    lines += [f"CAUTION: {c}" for c in diff_cautions(result)]
     lines.append("")
     lines += [f"{k:<36} {v}" for k, v in _headline(s)]
     for dtype, stats in result.by_dtype().items():
@@ -95,14 +100,17 @@ def _geometry_lines(result: DiffResult) -> list[str]:
 
     def rows(groups: dict[str, dict]) -> list[list[str]]:
         return [[label, str(g["matrices"]), *(format_value(name, g[name]) for name in headline),
-                 _num(g["principal_angle_max_deg"], ".2f"), _num(g["spectrum_drift_max"], ".2e"),
+                 _num(g["principal_angle_max_deg"], ".2f"), _num(g["spectral_gap_min"], ".3f"),
+                 str(g["gap_flagged_matrices"]), _num(g["spectrum_drift_max"], ".2e"),
                  _num(g["update_stable_rank"], ".1f"), _num(g["rank_energy"].get("16"), ".3f")] for label, g in groups.items()]
 
-    header = ["matrices", *(m.label for m in headline.values()), "max angle °", "spectrum drift", "Δ stable rank",
+    header = ["matrices", *(m.label for m in headline.values()), "max angle °", "min σ_k/σ_k+1", "gap ≤ ‖Δ‖₂",
+              "spectrum drift", "Δ stable rank",
               "rank-16 energy"]
     lines = ["", ("Update geometry (ρ_k = share of ‖Δ‖² in W0's top-k block; overlaps: changed elements in a "
                   "mask, against the chance of flips placed at random within each exponent bucket of |W0|; "
-                  "angle, drift, ranks: means over matrices):")]
+                  "angle, drift, ranks: means over matrices; min σ_k/σ_k+1: W0's smallest spectral gap; "
+                  "gap ≤ ‖Δ‖₂: matrices whose angles Wedin's bound does not constrain):")]
     lines += _table(["scope", *header], rows(scopes))
     lines += ["", *_table(["kind", *header], rows(kinds))]
     if result.geometry_skipped:

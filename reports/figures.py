@@ -2,7 +2,10 @@
 writes the PNG under `figures/` and the numbers behind it as CSV under `data/`, atomically.
 
 Every module kind has one colour in every figure (`KIND_COLOURS`). Missing values (None) are left
-out of bar charts and shown grey in heatmaps.
+out of bar charts and shown grey in heatmaps. Shares ([0, 1]) zoom to the data when they fill less
+than a third of the interval (`_unit_limits`); bars on a log axis start at their baseline (the first
+`hlines` entry), or are drawn as markers when there is none (a bar's length on a log axis means
+nothing without one). Legends list only what is drawn.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
-from matplotlib.patches import Patch
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Polygon, Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from dynamics.documents import atomic_path
@@ -68,17 +72,21 @@ def bars(labels: Sequence[str], values: Sequence[float | None], xlabel: str, yla
         ax.axhspan(low, high, color=colour, alpha=0.25, linewidth=0, label=text)
     for (y, text), style in zip(hlines, ("--", ":", "-.")):
         ax.axhline(y, color="black", linestyle=style, linewidth=0.9, label=text)
-    container = ax.bar(x, [np.nan if v is None else v for v in values], color=colours or "tab:blue",
-                       edgecolor="black", linewidth=0.4)
-    _label_bars(ax, container, values)
+    all_values = list(values) + [y for y, _ in hlines]
+    heights = np.array([np.nan if v is None else v for v in values], dtype=float)
+    if _is_log(all_values, unit_interval, log) and not hlines:
+        ax.scatter(x, heights, c=colours or "tab:blue", edgecolors="black", linewidths=0.4, s=40, zorder=3)
+    else:
+        base = hlines[0][0] if _is_log(all_values, unit_interval, log) else 0.0
+        container = ax.bar(x, heights - base, bottom=base, color=colours or "tab:blue", edgecolor="black",
+                           linewidth=0.4)
+        _label_bars(ax, container, values)
     _kind_ticks(ax, x, labels)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
-    all_values = list(values) + [y for y, _ in hlines]
     _scale_y(ax, all_values, unit_interval, log, unit_top=1.08, log_margins=(2, 3))
-    if bands or hlines:
-        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _legend_of_visible(ax)
     ax.grid(axis="y", alpha=0.3)
     return fig
 
@@ -134,7 +142,7 @@ def grouped_kind_bars(kinds: Sequence[str], series: dict[str, Sequence[float | N
     ax.set_title(title, fontsize=11)
     all_values = [v for values in series.values() for v in values] + [y for y, _ in hlines]
     if unit_interval:
-        ax.set_ylim(0, 1.08)
+        ax.set_ylim(*_unit_limits(all_values, 1.08))
     elif log or (log is None and _spans_decades(all_values)):
         ax.set_yscale("log")
     if len(series) > 1:
@@ -145,10 +153,12 @@ def grouped_kind_bars(kinds: Sequence[str], series: dict[str, Sequence[float | N
 
 def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], values: Sequence[Sequence[float | None]],
             xlabel: str, ylabel: str, colourbar_label: str, title: str, log: bool | None = False,
-            unit_interval: bool = False) -> plt.Figure:
+            unit_interval: bool = False, zero_is_grey: bool = False) -> plt.Figure:
     """Cells coloured by value (LogNorm when `log`, or when None and the values span a decade);
-    None cells grey; numbers in small grids."""
-    matrix = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
+    None cells grey, and cells equal to 0 when `zero_is_grey` (on a linear scale as on a log one);
+    numbers in small grids."""
+    matrix = np.array([[np.nan if v is None or (zero_is_grey and v == 0) else v for v in row] for row in values],
+                      dtype=float)
     if log is None:
         log = _spans_decades([v for row in values for v in row], decades=1.0)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(col_labels) + 2.5), max(2.8, 0.32 * len(row_labels) + 1.6)))
@@ -178,21 +188,27 @@ def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], values: Sequen
     return fig
 
 
-def ulp_histograms(histograms: dict[str, Sequence[int]]) -> plt.Figure:
+def ulp_histograms(histograms: dict[str, Sequence[int]], crossings: dict[str, int]) -> plt.Figure:
     """One panel per dtype: moved elements per ULP-distance bucket j (2^(j−1) < d ≤ 2^j, ticks show
-    the upper bound 2^j), log y; buckets after the last non-empty one are cut."""
+    the upper bound 2^j), log y; buckets after the last non-empty one are cut. The dtype's sign
+    crossings (no ULP distance) are a separate orange bar at the right, labelled as such."""
     fig, axes = plt.subplots(1, max(1, len(histograms)), figsize=(6.5 * max(1, len(histograms)), 3.8), squeeze=False)
     for ax, (dtype, counts) in zip(axes[0], histograms.items()):
         last = max((i for i, c in enumerate(counts) if c), default=0)
         shown = list(counts[:last + 1])
         x = np.arange(len(shown))
         ax.bar(x, [c if c else np.nan for c in shown], color="tab:blue", edgecolor="black", linewidth=0.4)
+        crossed = crossings.get(dtype, 0)
+        ax.bar([len(shown) + 0.5], [crossed if crossed else np.nan], color="tab:orange", edgecolor="black",
+               linewidth=0.4, label=f"sign crossings ({crossed:,})")
         ax.set_yscale("log")
         step = 1 if len(shown) <= 17 else 2
-        ax.set_xticks(x[::step], [f"$2^{{{j}}}$" for j in x[::step]], fontsize=8)
-        ax.set_xlabel("ULP distance d, bucket upper bound (2^(j−1) < d ≤ 2^j; steps of the stored dtype)", fontsize=9)
+        ax.set_xticks([*x[::step], len(shown) + 0.5], [*(f"$2^{{{j}}}$" for j in x[::step]), "±"], fontsize=8)
+        ax.set_xlabel("ULP distance d, bucket upper bound (2^(j−1) < d ≤ 2^j; steps of the stored dtype); "
+                      "±: sign crossings", fontsize=9)
         ax.set_ylabel("moved elements (count, log scale)")
-        ax.set_title(f"{dtype}: {sum(counts):,} moved elements", fontsize=11)
+        ax.legend(fontsize=8, frameon=False, loc="upper right")
+        ax.set_title(f"{dtype}: {sum(counts) + crossed:,} moved elements", fontsize=11)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -257,14 +273,55 @@ def _plain_log_ticks(axis, values: Sequence[float | None]) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _unit_limits(values: Sequence[float | None], top: float) -> tuple[float, float]:
+    """y limits of a share: (0, `top`) when the values spread over a third of [0, 1] or more, else zoomed to
+    [lo − m, hi + 2m] ∩ [0, top] with m = max(span/4, 0.002), so 0.964 and 0.967 do not look equal."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite or max(finite) - min(finite) >= 1 / 3:
+        return 0.0, top
+    lo, hi = min(finite), max(finite)
+    margin = max((hi - lo) / 4, 0.002)
+    return max(0.0, lo - margin), min(top, hi + 2 * margin)
+
+
+def _is_log(values: Sequence[float | None], unit_interval: bool, log: bool | None) -> bool:
+    return not unit_interval and bool(log or (log is None and _spans_decades(values)))
+
+
+def _legend_of_visible(ax: plt.Axes) -> None:
+    """Legend (right of the axes) of the labelled artists that show inside the final y limits (a band or a
+    reference line outside them is left out); none when nothing labelled shows."""
+    low, high = sorted(ax.get_ylim())
+    shown = []
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+        if isinstance(handle, Rectangle):  # axhspan bands: y in data units
+            ys = [handle.get_y(), handle.get_y() + handle.get_height()]
+        elif isinstance(handle, Polygon):
+            ys = list(handle.get_xy()[:, 1])
+        elif isinstance(handle, Line2D):
+            ys = [y for y in np.asarray(handle.get_ydata(), dtype=float) if np.isfinite(y)]
+        else:
+            ys = []
+        if ys and (max(ys) < low or min(ys) > high):
+            continue
+        shown.append((handle, label))
+    if shown:
+        ax.legend(*zip(*shown), fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
 def _scale_y(ax: plt.Axes, values: Sequence[float | None], unit_interval: bool, log: bool | None, unit_top: float,
              log_margins: tuple[float, float]) -> bool:
-    """y from 0 to `unit_top` for shares; a log axis (padded by `log_margins` below/above the positive values,
-    plain tick labels) when `log`, or when None and the values span decades. True when something was set."""
+    """y from 0 to `unit_top` for shares (zoomed, see `_unit_limits`); a log axis (padded by `log_margins`
+    below/above the positive values, plain tick labels) when `log`, or when None and the values span decades.
+    True when something was set."""
     if unit_interval:
-        ax.set_ylim(0, unit_top)
+        bottom, top = _unit_limits(values, unit_top)
+        ax.set_ylim(bottom, top)
+        if bottom > 0:  # a zoomed share axis says so where the eye reads bar lengths
+            ax.annotate(f"y axis zoomed: starts at {bottom:.3g}, not 0", (0.01, 0.01), xycoords="axes fraction",
+                        fontsize=7, color="dimgray", va="bottom")
         return True
-    if not (log or (log is None and _spans_decades(values))):
+    if not _is_log(values, unit_interval, log):
         return False
     ax.set_yscale("log")
     positive = [v for v in values if v is not None and v > 0]
@@ -287,6 +344,8 @@ def step_curves(steps: Sequence[int], curves: Sequence[tuple[str, Sequence[float
     for low, high, band_colour, text in bands:
         ax.axhspan(low, high, color=band_colour, alpha=0.15, linewidth=0, label=text)
     for i, ((label, values, style), marker) in enumerate(zip(curves, ("o", "s", "^", "D"))):
+        if all(v is None for v in values):
+            continue  # nothing to draw, so nothing in the legend
         ax.plot(steps, [np.nan if v is None else v for v in values], linestyle=style, marker=marker,
                 markersize=6 if i else 5, color=colour, markerfacecolor=colour if i == 0 else "white", label=label)
     for y, text in hlines:
@@ -300,7 +359,7 @@ def step_curves(steps: Sequence[int], curves: Sequence[tuple[str, Sequence[float
     ax.set_title(title, fontsize=11)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _legend_of_visible(ax)
     return fig
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dynamics.element_stats import ulp_bucket_labels
+from dynamics.cautions import diff_cautions
+from dynamics.element_stats import SIGN_CROSSING_LABEL, ulp_bucket_labels
 from dynamics.metrics import derived_metrics, format_value, matrix_metrics, metrics_needing
 from dynamics.naming import MODULE_KINDS
 from dynamics.result import DiffResult, TensorRecord, aggregate
@@ -22,6 +23,11 @@ def subtitle(result: DiffResult) -> list[str]:
         (f"{len(result.records)} tensor pairs, {result.summary().numel:,} elements, compared in {dtypes}; "
          f"diff ran on {result.device} in {result.seconds:.1f} s"),
     ]
+
+
+def caution_blocks(result: DiffResult) -> list[Block]:
+    """`dynamics.cautions.diff_cautions` as notes, placed beside the report's first readings."""
+    return [Paragraph(f"**Caution:** {text}.") for text in diff_cautions(result)]
 
 
 def unpaired_blocks(result: DiffResult) -> list[Block]:
@@ -91,16 +97,22 @@ def ulp_blocks(result: DiffResult, out_dir: Path, stem: str) -> list[Block]:
     """ULP-distance histogram of moved elements, one panel per stored dtype, and its table."""
     by_dtype = result.by_dtype()
     histograms = {dtype: list(stats.ulp_histogram) for dtype, stats in by_dtype.items()}
-    if not any(sum(h) for h in histograms.values()):
+    crossings = {dtype: stats.sign_crossings for dtype, stats in by_dtype.items()}
+    if not any(stats.moved for stats in by_dtype.values()):
         return [Paragraph("No element moved: there is no ULP distance to show.")]
     header = ["ulp_bucket"] + [f"moved_{dtype}" for dtype in histograms]
     rows = [[label] + [h[i] for h in histograms.values()] for i, label in enumerate(ulp_bucket_labels())]
-    figure = figures.emit(out_dir, stem, figures.ulp_histograms(histograms),
-                          "ULP distance of moved elements per stored dtype (log count).", header, rows)
+    rows.append([SIGN_CROSSING_LABEL, *crossings.values()])
+    figure = figures.emit(out_dir, stem, figures.ulp_histograms(histograms, crossings),
+                          "ULP distance of moved elements per stored dtype (log count). Sign crossings (W0·W1 < 0, "
+                          "neither ±0) are their own bar, not a ULP distance: a weight that crosses zero passes every "
+                          "tiny value on both sides (−1.0e-4 → +1.08e-4 is ~29,000 bf16 ULPs); a move from or to ±0 "
+                          "keeps its distance.", header, rows)
     metrics = {dtype: derived_metrics(stats) for dtype, stats in by_dtype.items()}
-    table = Table(["dtype", "moved elements", "moved by 1 ULP (share)", "moved by ≤ 2 ULP (share)"], [
-        [dtype, fmt_count(sum(histograms[dtype])), fmt_fraction(m["one_ulp_fraction"]),
-         fmt_fraction(m["two_ulp_fraction"])] for dtype, m in metrics.items()])
+    table = Table(["dtype", "moved elements", "moved by 1 ULP (share)", "moved by ≤ 2 ULP (share)",
+                   "sign crossings"], [
+        [dtype, fmt_count(by_dtype[dtype].moved), fmt_fraction(m["one_ulp_fraction"]),
+         fmt_fraction(m["two_ulp_fraction"]), fmt_count(crossings[dtype])] for dtype, m in metrics.items()])
     return [figure, table]
 
 

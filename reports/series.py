@@ -69,15 +69,18 @@ def _run_label(series: Series) -> str:
     return f"{run['run']} (reward {run['reward']}, seed {run['seed']})"
 
 
-def _geometry_k(series: Series) -> int | None:
+def _geometry_k(series: Series) -> str | None:
+    """"k = K" as the series asked for it ("the default k per matrix" when none was); None without geometry."""
     geometry = series.options.get("geometry")
-    return None if geometry is None else geometry["k"]
+    if geometry is None:
+        return None
+    return "the default k per matrix" if geometry["k"] is None else f"k = {geometry['k']}"
 
 
 def _subtitle(series: Series) -> list[str]:
     steps = [s.step for s in series.steps]
     k = _geometry_k(series)
-    geometry = "no geometry" if k is None else f"geometry at k = {k}"
+    geometry = "no geometry" if k is None else f"geometry at {k}"
     return [
         f"Run: `{series.run_dir}`",
         f"Base: `{series.base}`",
@@ -127,11 +130,19 @@ def _steps_table(steps: list[SeriesStep]) -> Table:
                          "matrices (the registered `principal_energy_ratio`).")
 
 
-def _sparsity_blocks(steps: list[SeriesStep], out_dir: Path, colour: str) -> list[Block]:
+def _from_base(steps: list[SeriesStep], curves: list[list], at_base: list) -> tuple[list[int], list[list]]:
+    """Step 0 (the base itself) prepended to the x values and to each curve, with the curve's value there by
+    definition (`at_base`: sparsity 1, Δ = 0; None where undefined), unless a checkpoint is step 0."""
     x = [s.step for s in steps]
-    bitwise = [_pick(s, "vs_base", "bitwise_sparsity") for s in steps]
-    tolerance = [_tolerance(s, "vs_base") for s in steps]
-    previous = [_pick(s, "vs_previous", "bitwise_sparsity") for s in steps]
+    if x and x[0] == 0:
+        return x, curves
+    return [0, *x], [[value, *curve] for value, curve in zip(at_base, curves)]
+
+
+def _sparsity_blocks(steps: list[SeriesStep], out_dir: Path, colour: str) -> list[Block]:
+    x, (bitwise, tolerance, previous) = _from_base(steps, [
+        [_pick(s, "vs_base", "bitwise_sparsity") for s in steps], [_tolerance(s, "vs_base") for s in steps],
+        [_pick(s, "vs_previous", "bitwise_sparsity") for s in steps]], [1.0, 1.0, None])
     fig = figures.step_curves(x, [("bitwise, vs base", bitwise, "-"), (f"{TOLERANCE_LABEL}, vs base", tolerance, ":"),
                                   ("bitwise, vs previous checkpoint", previous, "--")],
                               "share of unchanged weights", "update sparsity against step", colour,
@@ -139,20 +150,21 @@ def _sparsity_blocks(steps: list[SeriesStep], out_dir: Path, colour: str) -> lis
     return [figures.emit(out_dir, f"{NAME}-sparsity", fig,
                          "Share of bit-identical weights against the base (solid) and the previous checkpoint "
                          "(dashed), and of weights within an absolute tolerance of "
-                         f"{HEADLINE_ABS_TOLERANCE:g} of the base (dotted).",
+                         f"{HEADLINE_ABS_TOLERANCE:g} of the base (dotted); step 0 is the base itself.",
                          ["step", "bitwise_sparsity_vs_base", "headline_tolerance_sparsity_vs_base",
                           "bitwise_sparsity_vs_previous"], list(zip(x, bitwise, tolerance, previous)))]
 
 
 def _norm_blocks(steps: list[SeriesStep], out_dir: Path, colour: str) -> list[Block]:
-    x = [s.step for s in steps]
-    vs_base = [_pick(s, "vs_base", "relative_update_norm") for s in steps]
-    previous = [_pick(s, "vs_previous", "relative_update_norm") for s in steps]
+    x, (vs_base, previous) = _from_base(steps, [
+        [_pick(s, "vs_base", "relative_update_norm") for s in steps],
+        [_pick(s, "vs_previous", "relative_update_norm") for s in steps]], [0.0, None])
     fig = figures.step_curves(x, [("vs base", vs_base, "-"), ("vs previous checkpoint", previous, "--")],
                               RELATIVE_NORM_LABEL, "relative update norm against step", colour)
     return [figures.emit(out_dir, f"{NAME}-update-norm", fig,
                          "Relative update norm ‖Δ‖_F / ‖W0‖_F (whole model) against the base (solid) and between "
-                         "consecutive checkpoints (dashed); log scale when the values span two decades.",
+                         "consecutive checkpoints (dashed), from 0 at step 0 (the base; not drawn on a log scale); "
+                         "log scale when the values span two decades.",
                          ["step", "relative_update_norm_vs_base", "relative_update_norm_vs_previous"],
                          list(zip(x, vs_base, previous)))]
 
@@ -164,13 +176,14 @@ def _geometry_blocks(series: Series, out_dir: Path, colour: str) -> list[Block]:
                else "no 2-D weight was measured")
         return [Note(f"No update geometry: {why}. Rerun `dynamics series {series.run_dir} --geometry --rank-k K` "
                      "(cached diffs without geometry are not reused for it).")]
-    x = [s.step for s in steps]
-    angle = [_geometry(s, "vs_base", "principal_angle_max_deg") for s in steps]
-    angle_previous = [_geometry(s, "vs_previous", "principal_angle_max_deg") for s in steps]
-    ratio = [_geometry(s, "vs_base", "principal_energy_ratio") for s in steps]
+    x, (angle, angle_previous, ratio, weighted) = _from_base(steps, [
+        [_geometry(s, "vs_base", "principal_angle_max_deg") for s in steps],
+        [_geometry(s, "vs_previous", "principal_angle_max_deg") for s in steps],
+        [_geometry(s, "vs_base", "principal_energy_ratio") for s in steps],
+        [_geometry(s, "vs_base", "principal_energy_weighted") for s in steps]], [0.0, None, None, None])
     rotation = figures.step_curves(x, [("vs base", angle, "-"), ("vs previous checkpoint", angle_previous, "--")],
                                    "max principal angle (degrees)",
-                                   f"rotation of the top-{_geometry_k(series)} left singular subspaces", colour)
+                                   f"rotation of the top-k left singular subspaces ({_geometry_k(series)})", colour)
     energy = figures.step_curves(
         x, [("vs base", ratio, "-")], r"$\rho_k$ / random baseline (log scale)",
         "principal energy of the update vs random directions", colour, log=True,
@@ -180,15 +193,15 @@ def _geometry_blocks(series: Series, out_dir: Path, colour: str) -> list[Block]:
     return [
         figures.emit(out_dir, f"{NAME}-rotation", rotation,
                      "Largest principal angle between the top-k left singular subspaces of W0 and W1, mean over "
-                     "matrices, against the base (solid) and the previous checkpoint (dashed).",
+                     "matrices, against the base (solid) and the previous checkpoint (dashed); 0 at step 0 (the base).",
                      ["step", "principal_angle_max_deg_vs_base", "principal_angle_max_deg_vs_previous"],
                      list(zip(x, angle, angle_previous))),
         figures.emit(out_dir, f"{NAME}-principal-energy", energy,
                      "Share of the update's energy in the base's top-k principal block over the random-direction "
-                     "baseline k²/(m·n) (Δ-energy-weighted over matrices); below 1: off-principal.",
+                     "baseline k²/(m·n) (Δ-energy-weighted over matrices); below 1: off-principal; undefined at "
+                     "step 0 (Δ = 0).",
                      ["step", "principal_energy_weighted", "principal_energy_ratio"],
-                     [[s.step, _geometry(s, "vs_base", "principal_energy_weighted"), r]
-                      for s, r in zip(steps, ratio)]),
+                     list(zip(x, weighted, ratio))),
     ]
 
 
@@ -236,15 +249,14 @@ def _kl_blocks(series: Series, out_dir: Path, colour: str) -> list[Block]:
                      "in the file name), then rerun `dynamics series`, which picks up `kl/step_N.json` in its output "
                      "folder; or pass `--kl N=kl.json` per step.")]
     measured = [s for s in steps if s.kl is not None]
-    x = [s.step for s in measured]
-    mean = [s.kl["kl_mean_per_token"] for s in measured]
-    p95 = [s.kl["kl_p95_per_token"] for s in measured]
+    x, (mean, p95) = _from_base(measured, [[s.kl["kl_mean_per_token"] for s in measured],
+                                           [s.kl["kl_p95_per_token"] for s in measured]], [0.0, 0.0])
     fig = figures.step_curves(x, [("mean per token", mean, "-"), ("95th percentile per token", p95, ":")],
                               "KL(π_step ‖ π_base) (nats per token)", "KL drift from the base against step", colour)
     blocks: list[Block] = [figures.emit(
         out_dir, f"{NAME}-kl", fig,
         "On-policy token-level KL of each checkpoint from the base, mean and 95th percentile per token "
-        "(measured steps only).",
+        "(measured steps only; 0 at step 0, the base, by definition).",
         ["step", "kl_mean_per_token", "kl_p95_per_token", "kl_median_per_token", "kl_mean_per_sequence", "source"],
         [[s.step, *(s.kl[k] for k in ("kl_mean_per_token", "kl_p95_per_token", "kl_median_per_token",
                                        "kl_mean_per_sequence", "source"))] for s in measured])]

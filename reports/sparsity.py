@@ -16,6 +16,7 @@ from dynamics.result import DiffResult, TensorRecord, aggregate
 from reports import figures
 from reports.document import Block, Paragraph, Report, Section, Table, fmt_count, fmt_fraction, fmt_sci
 from reports.sections import (
+    caution_blocks,
     headline_table,
     hidden_blocks,
     registered_element_table,
@@ -45,7 +46,7 @@ def render_sparsity_report(result: DiffResult, out_dir: Path) -> Path:
         title="Update sparsity report",
         subtitle=subtitle(result),
         sections=[
-            Section("Model level", [headline_table(result), *unpaired_blocks(result),
+            Section("Model level", [*caution_blocks(result), headline_table(result), *unpaired_blocks(result),
                                     *_tolerance_blocks(result, out_dir)]),
             Section("Registered headline metrics", [registered_element_table(result)]),
             Section("Per layer", _layer_blocks(result, out_dir)),
@@ -123,7 +124,7 @@ def _grid_blocks(result: DiffResult, out_dir: Path) -> list[Block]:
             ("bitwise-sparsity", sparsity, "bitwise sparsity (share bit-identical)",
              {"unit_interval": True},
              "Bitwise sparsity per layer and module kind (grey: no such tensor)."),
-            ("relative-update-norm", norms, RELATIVE_NORM_LABEL, {"log": None},
+            ("relative-update-norm", norms, RELATIVE_NORM_LABEL, {"log": None, "zero_is_grey": True},
              ("Relative update norm ‖Δ‖_F / ‖W0‖_F per layer and module kind, log colour scale when the "
               "values span a decade (grey: no such tensor, or Δ = 0)."))):
         title = label.split(" (")[0] + " per layer and module kind"

@@ -41,6 +41,7 @@ from reports.readings import (
     principal_energy_reading,
 )
 from reports.sections import (
+    caution_blocks,
     fp32_hidden_by_bf16,
     hidden_blocks,
     registered_matrix_table,
@@ -92,7 +93,7 @@ def render_three_gate_report(result: DiffResult, out_dir: Path, kl: KLResult | N
         title="Three-gate report",
         subtitle=subtitle(result),
         sections=[
-            Section("Readings at a glance", [glance, *unpaired_blocks(result)]),
+            Section("Readings at a glance", [*caution_blocks(result), glance, *unpaired_blocks(result)]),
             Section("Gate I — KL drift", gate1 + [reading1]),
             Section("Gate II — update geometry", gate2 + [reading2]),
             Section("Gate III — precision", gate3 + [reading3]),
@@ -207,7 +208,7 @@ def _geometry_blocks(result: DiffResult, out_dir: Path, masters: DiffResult | No
         why = ("no 2-D weight was measured (every matrix was skipped)" if result.geometry_skipped
                else "the diff was made without the matrix pass")
         text = (f"No update geometry: {why}. Rerun `dynamics diff A B --geometry --json diff.json` "
-                "(add `--rank-k K` to choose the top-k subspace, default 64) and render this report from that file.")
+                "(add `--rank-k K` to choose the top-k subspace, default min(64, min(m, n) // 8) per matrix) and render this report from that file.")
         return [Note(text)], "geometry not measured — rerun `dynamics diff A B --geometry`."
     measured = [r for r in result.records if r.geometry is not None]
     scopes = {scope: rs for scope, rs in result.scope_groups().items() if any(r.geometry for r in rs)}
@@ -255,6 +256,11 @@ def _geometry_blocks(result: DiffResult, out_dir: Path, masters: DiffResult | No
     reading = principal_energy_reading(values[ratio], means[headline]["principal_angle_max_deg"])
     reading = (f"{headline} ({fmt_count(means[headline]['matrices'])} matrices, Δ-weighted; median over matrices "
                f"{format_value(median, values[median])}×) — {reading}")
+    flagged = values["gap_flagged_matrices"]
+    if flagged:
+        reading += (f" The angles rest in part on {fmt_count(flagged)} of {fmt_count(means[headline]['matrices'])} "
+                    "matrices whose spectral gap σ_k − σ_{k+1} of W0 is at most ‖Δ‖₂ (Wedin's bound excludes no "
+                    "angle there): read them as swaps of near-equal directions, not rotations.")
     for name, mask in (("low_magnitude", "low-|W0|"), ("principal", "principal-weight")):
         fp32 = master_values.get(headline, {}).get(f"{name}_overlap")
         reading += " " + mask_overlap_reading(f"{mask} mask (p = {MASK_PERCENT}%)", values[f"{name}_overlap"],

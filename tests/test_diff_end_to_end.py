@@ -93,7 +93,31 @@ def test_nan_and_inf_are_counted_and_reported_not_crashing(tmp_path, capsys):
     assert main(["diff", str(a), str(b), "--device", "cpu", "-q", "--json", str(tmp_path / "d.json")]) == 0
     summary = json.loads((tmp_path / "d.json").read_text())["summary"]
     assert summary["nan_b"] == 1 and summary["inf_b"] == 1 and summary["changed_nonfinite"] == 2
-    assert "NaN / Inf" in capsys.readouterr().out
+    out = capsys.readouterr().out.splitlines()
+    assert "NaN / Inf" in "\n".join(out)
+    caution = next(i for i, line in enumerate(out) if line.startswith("CAUTION: 1 tensors hold NaN/Inf"))
+    assert "model.norm.weight (NaN/Inf: A 0/0, B 1/1)" in out[caution]
+    assert caution < next(i for i, line in enumerate(out) if line.startswith("bitwise sparsity"))
+
+
+def test_nan_under_strict_is_one_line_naming_file_and_tensor_exit_2(tmp_path, capsys):
+    base, tuned = _base_and_tuned()
+    tuned["model.layers.0.self_attn.q_proj.weight"][0, 1] = float("nan")
+    a, b = write_safetensors(tmp_path / "a", base), write_safetensors(tmp_path / "b", tuned)
+    out = tmp_path / "d.json"
+    err = _error_line(capsys, ["diff", str(a), str(b), "--device", "cpu", "-q", "--strict", "--json", str(out)])
+    assert "b/model.safetensors: tensor model.layers.0.self_attn.q_proj.weight: 1 NaN and 0 Inf" in err
+    assert not out.exists()
+
+
+def test_shape_mismatch_is_said_at_the_top_of_the_summary(tmp_path, capsys):
+    base, tuned = _base_and_tuned()
+    tuned["model.layers.0.mlp.down_proj.weight"] = torch.zeros(16, 20)
+    a, b = write_safetensors(tmp_path / "a", base), write_safetensors(tmp_path / "b", tuned)
+    assert main(["diff", str(a), str(b), "--device", "cpu", "-q"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[3] == ("CAUTION: 1 tensors differ in shape and are not in these numbers: "
+                      "model.layers.0.mlp.down_proj.weight [16, 24] vs [16, 20]")
 
 
 def _error_line(capsys, argv):

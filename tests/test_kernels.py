@@ -191,7 +191,9 @@ def reference_stats(a: torch.Tensor, b: torch.Tensor) -> ElementStats:
         int_min = -(1 << (width - 1))
         ord_a = np.where(bits_a < 0, int_min - bits_a, bits_a)
         ord_b = np.where(bits_b < 0, int_min - bits_b, bits_b)
-        distance = np.abs(ord_b - ord_a)[moved]
+        # Sign crossing: W0·W1 < 0 (the float64 product of two float32 values is exact or far from 0).
+        crossing = moved & (a32.astype(np.float64) * b32.astype(np.float64) < 0)
+        distance = np.abs(ord_b - ord_a)[moved & ~crossing]
         bucket = sum((distance - 1 >= (1 << k)).astype(np.int64) for k in range(ULP_BUCKETS - 1))
         histogram = np.bincount(bucket, minlength=ULP_BUCKETS) if distance.size else np.zeros(ULP_BUCKETS, np.int64)
         delta = np.where(finite, b32 - a32, np.float32(0)).astype(np.float32)
@@ -222,6 +224,7 @@ def reference_stats(a: torch.Tensor, b: torch.Tensor) -> ElementStats:
             nan_a=int(np.isnan(a32).sum()), nan_b=int(np.isnan(b32).sum()),
             inf_a=int(np.isinf(a32).sum()), inf_b=int(np.isinf(b32).sum()),
             finite_pairs=int(finite.sum()), ulp_histogram=tuple(int(c) for c in histogram),
+            sign_crossings=int(crossing.sum()),
             within_abs=within_abs, within_rel=within_rel,
             hidden_by_bf16=hidden_bf16, hidden_by_fp16=hidden_fp16,
             sum_sq_delta=float(np.sum(d64 * d64)), sum_abs_delta=float(np.sum(np.abs(d64))),
@@ -330,11 +333,28 @@ def test_sums_of_huge_float32_weights_do_not_overflow():
     assert math.isclose(stats.sum_sq_a, 2 * 3e19**2, rel_tol=1e-6) and math.isfinite(stats.sum_sq_a)
 
 
-def test_sign_crossing_distance_counts_values_between():
-    # +min subnormal → −min subnormal: ordinals 1 and −1, two values between (±0 count once).
-    a = torch.tensor([1], dtype=torch.int16).view(torch.bfloat16)
-    b = torch.tensor([-32767], dtype=torch.int16).view(torch.bfloat16)
-    assert element_stats_cpu(a, b).ulp_histogram == hist(b1=1)
+def crossing_pair(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """−1.0e-4 → +1.08e-4 and 2 → −2 cross zero; −0 → 1e-3, 0 → −1e-3 and 1e-3 → −0 do not."""
+    a = torch.tensor([-1.0e-4, 2.0, -0.0, 0.0, 1e-3], dtype=dtype)
+    b = torch.tensor([1.08e-4, -2.0, 1e-3, -1e-3, -0.0], dtype=dtype)
+    return a, b
+
+
+def test_sign_crossing_is_its_own_bucket_not_a_ulp_distance():
+    # −1.0e-4 → +1.08e-4 in bf16 is ~29,000 ULPs apart through every tiny value; it is a crossing.
+    a, b = crossing_pair(torch.bfloat16)
+    stats = element_stats_cpu(a, b)
+    assert stats.sign_crossings == 2  # −1e-4 → 1.08e-4 and 2 → −2; moves from or to ±0 are not crossings
+    assert stats.moved == 5 and sum(stats.ulp_histogram) == 3
+    assert stats.ulp_histogram[14] == 3  # 0 ↔ ±1e-3: |ord(1e-3)| = 0x3A83 = 14979 ULPs, bucket 8193–16384
+    assert mismatches(stats, reference_stats(a, b)) == []
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_sign_crossing_of_the_smallest_values_is_a_crossing(dtype):
+    one = torch.tensor([1], dtype=BITS[dtype]).view(dtype)  # +min subnormal → −min subnormal
+    stats = element_stats_cpu(one, -one)
+    assert (stats.sign_crossings, stats.ulp_histogram) == (1, hist())
 
 
 @pytest.mark.parametrize("fn", [element_stats_cpu, reference_stats])
@@ -398,6 +418,7 @@ INTERPRETER_CASES: list[tuple[str, str, tuple[int, ...], str, dict]] = [
           ("edge", (16, 1024), {}),
           ("edge", (32, 1024), {"group": 4}),
           ("edge", (16, 1000), {"group": 8}),
+          ("crossing", (5,), {}),  # |Δ| ≤ 4: the fast path
       ]],
 ]
 _DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -415,6 +436,8 @@ def run_interpreter_cases() -> dict[str, list[str]]:
             a, b = hand_pair(dt)
         elif kind == "edge":
             a, b = edge_pair(shape, _DT[dt], seed=seed_of(case_id))
+        elif kind == "crossing":
+            a, b = crossing_pair(_DT[dt])
         else:
             a, b = make_pair(shape, _DT[dt], kind, seed=seed_of(case_id))
         results[case_id] = mismatches(element_stats_triton(a, b, KernelConfig(**cfg)), element_stats_cpu(a, b))

@@ -38,13 +38,25 @@ def test_json_has_the_contract_fields(tmp_path):
 
 
 def test_h5_rows_and_masks_round_trip(tmp_path):
-    result, _, _ = _result(save_masks=True)
+    result, w, w2 = _result(save_masks=True)
     write_h5(result, tmp_path / "d.h5")
     with h5py.File(tmp_path / "d.h5") as f:
         assert list(f["tensors/name"].asstr()[:]) == [r.name for r in result.records]
         assert f["tensors/changed"][:].tolist() == [2, 0]
         assert f["tensors/ulp_histogram"].shape == (2, 33)
-        assert f["tensors/rows"][:].tolist() == [5, -1]  # 1-D norm has no rows
+        rows = f["tensors/rows"][:]
+        assert rows[0] == 5 and np.isnan(rows[1])  # 1-D norm has no rows: NaN, as JSON null
+        assert np.isnan(f["tensors/layer"][1]) and f["tensors/layer"][0] == 0
+        assert [s.tolist() for s in f["tensors/shape"][:]] == [[5, 7], [7]]
+        assert list(f["tensors/dtype"].asstr()[:]) == ["bfloat16", "float32"]
+        assert f["tensors/name"].dtype.metadata["vlen"] is str and h5py.check_string_dtype(
+            f["tensors/name"].dtype).encoding == "utf-8"
+        crossings = int((w.float() * w2.float() < 0).sum())  # w2[4, 6] = −w[4, 6], and maybe w2[1, 2] = 1e3
+        assert f["tensors/sign_crossings"][:].tolist() == [crossings, 0] and crossings >= 1
+        ulp = f["tensors/ulp_histogram"]
+        assert list(ulp.attrs["bucket_labels"][:3]) == ["1", "2", "3-4"] and ulp.attrs["bucket_upper_edges"][2] == 4
+        assert f["tensors/within_abs"].attrs["tau"].tolist() == [1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3]
+        assert "most significant bit first" in f["masks"].attrs["bit_order"]
         mask = unpack_mask(f["masks/model.layers.0.mlp.up_proj.weight"][:], (5, 7))
         assert json.loads(f["diff_json"][()])["schema"] == "dynamics.diff/1"
     expected = np.zeros((5, 7), dtype=bool)

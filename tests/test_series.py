@@ -247,8 +247,9 @@ def test_series_report_renders_every_section_or_says_what_to_run(run_dir, tmp_pa
                        "series-update-norm"]
     assert figures == sorted(p.stem for p in (out / "data").glob("series-*.csv"))
     rows = list(csv.DictReader((out / "data" / "series-sparsity.csv").open()))
-    assert [float(r["bitwise_sparsity_vs_base"]) for r in rows] == [s.vs_base["bitwise_sparsity"] for s in full.steps]
-    assert rows[0]["bitwise_sparsity_vs_previous"] == ""
+    # step 0 is the base itself (bit-identical), then every checkpoint
+    assert [float(r["bitwise_sparsity_vs_base"]) for r in rows] == [1.0, *(s.vs_base["bitwise_sparsity"] for s in full.steps)]
+    assert rows[0]["step"] == "0" and rows[0]["bitwise_sparsity_vs_previous"] == ""
     kl_rows = list(csv.DictReader((out / "data" / "series-kl.csv").open()))
     assert [(r["step"], r["kl_mean_per_token"]) for r in kl_rows] == [("1", "0.01"), ("3", "0.03")]
     markdown = html_path.with_suffix(".md").read_text()

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import version
 
 from dynamics.cli import demo, diff, extract_lora, lab, optimizer, overlap, paper_metrics, probe, report, series
-from dynamics.cli.common import check_outputs
+from dynamics.cli.common import DynamicsParser, check_outputs
 from dynamics.errors import DynamicsError
 
 COMMANDS = (diff, overlap, extract_lora, paper_metrics, optimizer, report, series, probe, lab, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dynamics", description="Parameter-update dynamics inspector.")
+    parser = DynamicsParser(prog="dynamics", description="Parameter-update dynamics inspector.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('dynamics')}")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)

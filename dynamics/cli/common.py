@@ -13,17 +13,39 @@ from dynamics.geometry_options import GeometryOptions
 Subparsers = argparse._SubParsersAction
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to the help of every option that takes a value and has a default, unless
+    its help already says "default"; on/off flags are off by default and say what "on" does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        has_default = action.default not in (None, argparse.SUPPRESS)
+        if action.option_strings and action.nargs != 0 and has_default and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class DynamicsParser(argparse.ArgumentParser):
+    """The parser of `dynamics` and of every subcommand (add_subparsers reuses the parser's class)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def device_and_quiet() -> argparse.ArgumentParser:
     """Parent parser: `--device auto|cpu|cuda` and `-q/--quiet` (no progress bars)."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p = DynamicsParser(add_help=False)
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                   help="device to run on: auto = cuda when available, else cpu")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
 
 
 def add_rank_k(p: argparse.ArgumentParser, what: str = "--geometry") -> None:
-    p.add_argument("--rank-k", type=int, default=GeometryOptions.k,
-                   help=f"top-k singular subspaces for {what} (default {GeometryOptions.k})")
+    p.add_argument("--rank-k", type=int, default=None,
+                   help=f"top-k singular subspaces for {what} (default min(64, max(1, min(m, n) // 8)) per "
+                        "m × n matrix; a larger k is clamped to min(m, n), with a caution)")
 
 
 def add_geometry(p: argparse.ArgumentParser) -> None:
@@ -43,7 +65,7 @@ def add_weights_choice(p: argparse.ArgumentParser) -> None:
 
 def geometry_options(args: argparse.Namespace, always: bool = False) -> GeometryOptions | None:
     """The frozen matrix-pass options the flags ask for; None when `--geometry` is off (and not `always`)."""
-    if args.rank_k < 1:
+    if args.rank_k is not None and args.rank_k < 1:
         raise DynamicsError("--rank-k must be at least 1")
     if not (always or getattr(args, "geometry", False)):
         return None

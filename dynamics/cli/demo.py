@@ -13,7 +13,7 @@ def add_parser(sub: Subparsers) -> None:
                        help="tiny lab study on the CPU (GRPO with true and spurious rewards, SFT), "
                             "each run diffed against the base, reports")
     add_output(p, "--out", folder=True, default=Path("demo-out"), help="folder for the lab runs, diffs and reports (default demo-out)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="seed of the lab runs")
     p.set_defaults(run=run)
 
 

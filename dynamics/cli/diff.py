@@ -24,7 +24,7 @@ def add_parser(sub: Subparsers) -> None:
     add_output(p, "--json", help="write the dynamics.diff/1 JSON document here")
     add_output(p, "--h5", help="write per-tensor datasets and histograms here (HDF5)")
     p.add_argument("--save-masks", action="store_true", help="also store bit-packed update masks in --h5")
-    p.add_argument("--strict", action="store_true", help="fail on missing tensors and shape/dtype mismatches")
+    p.add_argument("--strict", action="store_true", help="fail on missing tensors, shape/dtype mismatches and NaN/Inf values (default: report them)")
     add_geometry(p)
     add_weights_choice(p)
     p.set_defaults(run=run)

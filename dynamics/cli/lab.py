@@ -15,9 +15,9 @@ def add_parser(sub: Subparsers) -> None:
     lab = p.add_subparsers(dest="lab", required=True)
     p = lab.add_parser("run", parents=[device_and_quiet()],
                        help="pretrain a base, then SFT and GRPO runs with true and spurious rewards")
-    p.add_argument("--size", default="tiny", choices=["tiny", "small"])
+    p.add_argument("--size", default="tiny", choices=["tiny", "small"], help="lab preset: tiny (CPU, minutes) or small (GPU)")
     add_output(p, "--out", folder=True, default=Path("runs"), help="folder for the lab study (default runs)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p.add_argument("--seeds", type=int, nargs="+", default=[1], help="one run per reward and seed")
     p.add_argument("--rewards", nargs="+", default=None,
                    help="subset of: true format random incorrect noisy-<p> sft (default: all)")
     p.add_argument("--save-fp32", action="store_true",

@@ -18,9 +18,9 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("tuned", help="tuned model folder (HF, local), or a PEFT adapter folder applied to BASE")
     p.add_argument("--prompts", type=Path, help="prompts jsonl (a 'prompt' field per line)")
     p.add_argument("--responses", type=Path, help="score these responses (jsonl: prompt, response) instead of sampling")
-    p.add_argument("--samples-per-prompt", type=int, default=4)
+    p.add_argument("--samples-per-prompt", type=int, default=4, help="sampled responses per prompt")
     _add_sampling(p, max_new_tokens=256)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     p.add_argument("--bf16-forward", action="store_true",
                    help="sample and score under bf16 autocast (faster; its rounding swamps KLs below ~1e-4 nats; "
                         "recorded in the result). Default: float32 forward, KL from the logit difference in float64")
@@ -32,7 +32,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("base", help="base model folder (HF, local)")
     p.add_argument("tuned", help="tuned checkpoint (any format `dynamics diff` reads, or a PEFT adapter on BASE)")
     p.add_argument("--prompts", type=Path, required=True, help="prompts jsonl (a 'prompt' field per line)")
-    p.add_argument("--samples-per-prompt", type=int, default=1)
+    p.add_argument("--samples-per-prompt", type=int, default=1, help="sampled responses per prompt")
     _add_sampling(p, max_new_tokens=128)
     p.add_argument("--layers", help="only these layer indices, e.g. '0,1,10-12' (memory bound)")
     add_output(p, "--json", help="write the dynamics.fisher/1 document here")
@@ -44,7 +44,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--keywords", help="comma-separated reasoning phrases replacing the default list")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--permutations", type=int, default=10000, help="paired permutation test resamples")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling")
     add_output(p, "--json", help="write the dynamics.behavior/1 document here")
     p.set_defaults(run=run_behavior)
 
@@ -56,10 +56,10 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--samples-per-prompt", type=int, default=0, help="sampled responses per prompt (besides greedy)")
     p.add_argument("--no-greedy", action="store_true", help="skip the greedy response")
     _add_sampling(p, max_new_tokens=256)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
     p.add_argument("--run", dest="run_label", default=None, help="run label written into every line (default: folder name)")
-    p.add_argument("--step", type=int, default=0)
-    p.add_argument("--reward", default="none")
+    p.add_argument("--step", type=int, default=0, help="training step written into every line")
+    p.add_argument("--reward", default="none", help="reward name written into every line")
     p.set_defaults(run=run_generate)
 
     p = probes.add_parser("style", parents=[common],
@@ -80,9 +80,9 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def _add_sampling(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens generated per response at most")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--no-chat-template", action="store_true", help="feed prompts as plain text")
 
 

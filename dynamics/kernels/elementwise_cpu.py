@@ -39,8 +39,10 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Same-width integer dtype whose bits a float tensor is compared and ordered by.
 BITS_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 _ORD_DTYPE = {torch.int32: torch.int64, torch.int16: torch.int32}
-# Bin of the ULP-distance histogram that collects distance 0 (±0 flips), dropped afterwards.
+# Bins of the ULP-distance histogram beyond its buckets: distance 0 (±0 flips, dropped afterwards)
+# and sign crossings (W0·W1 < 0, kept as `sign_crossings`).
 _ZERO_DISTANCE_BIN = ULP_BUCKETS
+_SIGN_CROSSING_BIN = ULP_BUCKETS + 1
 
 
 def ordinal(bits: torch.Tensor) -> torch.Tensor:
@@ -74,16 +76,24 @@ def _bucket_table(device: torch.device) -> torch.Tensor:
     return table
 
 
+def sign_crossing(bits_a: torch.Tensor, bits_b: torch.Tensor) -> torch.Tensor:
+    """W0·W1 < 0 from the stored bits: sign bits differ and neither magnitude is zero (±0 excluded)."""
+    magnitude = torch.iinfo(bits_a.dtype).max
+    return ((bits_a ^ bits_b) < 0) & ((bits_a & magnitude) != 0) & ((bits_b & magnitude) != 0)
+
+
 def _distance_histogram(bits_a: torch.Tensor, bits_b: torch.Tensor) -> torch.Tensor:
-    """ULP-distance bucket counts of element pairs (finite), bin _ZERO_DISTANCE_BIN for distance 0."""
+    """ULP-distance bucket counts of element pairs (finite): bin _ZERO_DISTANCE_BIN for distance 0,
+    _SIGN_CROSSING_BIN for sign crossings (whatever their distance)."""
     distance = (ordinal(bits_b) - ordinal(bits_a)).abs()
     if bits_a.dtype == torch.int16:
         bucket = _bucket_table(bits_a.device).index_select(0, distance)
     else:
         bucket = torch.where(distance == 0, _ZERO_DISTANCE_BIN, ulp_bucket(distance))
+    bucket = torch.where(sign_crossing(bits_a, bits_b), _SIGN_CROSSING_BIN, bucket)
     if bucket.device.type == "cpu":  # NumPy's bincount: ~5× torch's on the CPU
-        return torch.from_numpy(np.bincount(bucket.numpy(), minlength=ULP_BUCKETS + 1))
-    return torch.bincount(bucket, minlength=ULP_BUCKETS + 1)
+        return torch.from_numpy(np.bincount(bucket.numpy(), minlength=ULP_BUCKETS + 2))
+    return torch.bincount(bucket, minlength=ULP_BUCKETS + 2)
 
 
 def _rounded_bits(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -142,6 +152,7 @@ def _fast_counts(a: torch.Tensor, b: torch.Tensor, changed: torch.Tensor, stored
         "changed_nonfinite": 0, "nan_a": 0, "nan_b": 0, "inf_a": 0, "inf_b": 0,
         "finite_pairs": n,
         "ulp_histogram": tuple(histogram[:ULP_BUCKETS]),
+        "sign_crossings": histogram[_SIGN_CROSSING_BIN],
         "within_abs": tuple(n - c for c in over_abs),
         "within_rel": tuple(n - c for c in over_rel),
         "hidden_by_bf16": None,
@@ -172,7 +183,8 @@ def _general_counts(a: torch.Tensor, b: torch.Tensor, changed: torch.Tensor, sto
 
     delta = torch.where(finite, b32 - a32, 0.0)
     abs_delta = delta.abs()
-    distance = (ordinal(bits_b) - ordinal(bits_a)).abs()[moved]
+    crossing = moved & sign_crossing(bits_a, bits_b)
+    distance = (ordinal(bits_b) - ordinal(bits_a)).abs()[moved & ~crossing]
     ulp_histogram = torch.bincount(ulp_bucket(distance), minlength=ULP_BUCKETS)
 
     rel_scale = torch.clamp(a32.abs(), min=REL_EPSILON)
@@ -187,6 +199,7 @@ def _general_counts(a: torch.Tensor, b: torch.Tensor, changed: torch.Tensor, sto
         "inf_b": int(torch.isinf(b32).sum()),
         "finite_pairs": int(finite.sum()),
         "ulp_histogram": tuple(int(c) for c in ulp_histogram[:ULP_BUCKETS]),
+        "sign_crossings": int(crossing.sum()),
         "within_abs": tuple(
             int((finite & (abs_delta <= t)).sum()) for t in _f32(ABS_TOLERANCES, a.device)
         ),

@@ -10,7 +10,8 @@ Fast path. Tiles are processed in groups of GROUP (≤ 12), four per loop step w
 loads always in flight. Each lane keeps packed counters: ULP-bucket one-hots in 4-bit fields of
 int32 words, and tolerance / changed indicators as 0-or-1 floats (a saturated difference, see
 `_sat01`) in 4-bit fields of float32 accumulators (exact integers below 2^24), so comparisons
-run on the FMA pipe. Moved elements are the histogram's total. The fast path assumes every
+run on the FMA pipe. Sign crossings (W0·W1 < 0, neither ±0) get no bucket; they are counted in a
+free 4-bit field instead, and moved elements are the histogram's total plus them. The fast path assumes every
 element of the group is finite with |x| < 2^30 and |Δ| < 4 (checked at the group's flush from
 Σ W0² + W1² and max |Δ|), and for 16-bit dtypes that the smallest relative tolerances are
 exceeded by every moved element (checked by count); a group that fails is recomputed by the
@@ -20,7 +21,8 @@ they are changed but not moved.
 Outputs. Each program writes int64 counters and float64 sums to its own row of a partials
 buffer; the host sums the rows (exact, deterministic; no float atomics). Counts are kept in a
 "deficit" form that needs no per-group element count: non-finite pairs instead of finite pairs,
-tolerance exceedances instead of passes, and the last ULP bucket is derived as moved − Σ others.
+tolerance exceedances instead of passes, and the last ULP bucket is derived as moved − Σ others −
+sign crossings (always 0: a distance beyond 2^15, or 2^31 for float32, needs opposite signs).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ _C_HIDDEN_FP16: tl.constexpr = tl.constexpr(9)
 _C_ABS_EXCEED: tl.constexpr = tl.constexpr(10)  # 6 slots: finite pairs with |Δ| > ABS_TOLERANCES[i]
 _C_REL_EXCEED: tl.constexpr = tl.constexpr(16)  # 5 slots
 _C_HIST: tl.constexpr = tl.constexpr(21)  # ULP buckets 0 .. NB-2 (the last one is derived)
+_C_SIGN_CROSSINGS: tl.constexpr = tl.constexpr(60)
 NUM_COUNTERS: tl.constexpr = tl.constexpr(64)
 NUM_SUMS: tl.constexpr = tl.constexpr(8)  # Σ Δ², Σ |Δ|, Σ W0², Σ W1², max |Δ|, unused ×3
 
@@ -248,6 +251,8 @@ def _fast_tile(A, B, x, xw, a, b, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd
     exactly like the subtraction from the scaled |Δ|.
     WORDS (bfloat16 as int32 words): x holds only the sign of each element's XOR, xw the XOR
     of whole words, and acc_chg counts changed elements per word in two 16-bit halves.
+    Sign crossings (x < 0, a ≠ 0, b ≠ 0) get no ULP bucket and are counted in a free field:
+    acc_chg field 3 (float32), acc_rel field 3 (bfloat16), acc_rel field 5 (float16).
     """
     if WORDS:
         # bit 15 (31) of y is set iff the low (high) half of xw is nonzero; the masked halves
@@ -265,7 +270,15 @@ def _fast_tile(A, B, x, xw, a, b, h0, h1, h2, h3, acc_abs, acc_rel, acc_chg, ssd
         changed = _sat01(tl.abs(x.to(tl.float32)))
         acc_rel = tl.fma(changed, 65536.0, acc_rel)
 
-    shift = _ulp_bucket(A, B, x, KIND, WORDS) * 4
+    crossing = (x < 0) & (a != 0.0) & (b != 0.0)
+    cross = crossing.to(tl.float32)
+    if KIND == 2:
+        acc_chg = tl.fma(cross, 4096.0, acc_chg)
+    elif KIND == 0:
+        acc_rel = tl.fma(cross, 4096.0, acc_rel)
+    else:
+        acc_rel = tl.fma(cross, 1048576.0, acc_rel)
+    shift = tl.where(crossing, -1, _ulp_bucket(A, B, x, KIND, WORDS) * 4)  # −1: no field
     h0 += _shl1(shift, USE_PTX)
     h1 += _shl1(shift - 32, USE_PTX)
     if KIND == 2:
@@ -350,10 +363,13 @@ def _slow_tile(A, B, a, b, cnt, idx, ssd, sad, ssa, ssb, mx,
     for i in range(11):
         limit = tl.where(i < 6, _tolerance(i), _tolerance(i) * scale)
         cnt = _count(cnt, idx, _C_ABS_EXCEED + i, finite & (ad > limit))
+    crossing = moved & (x < 0) & (a != 0.0) & (b != 0.0)
+    cnt = _count(cnt, idx, _C_SIGN_CROSSINGS, crossing)
+    bucketed = moved & ~crossing
     if WORDS:  # float32 bits of bfloat16 values → the sign-extended 16-bit form (exact distances)
-        bucket = tl.where(moved, _ulp_bucket(A >> 16, B >> 16, x >> 16, KIND), -1)
+        bucket = tl.where(bucketed, _ulp_bucket(A >> 16, B >> 16, x >> 16, KIND), -1)
     else:
-        bucket = tl.where(moved, _ulp_bucket(A, B, x, KIND), -1)
+        bucket = tl.where(bucketed, _ulp_bucket(A, B, x, KIND), -1)
     for j in range(NB - 1):
         cnt = _count(cnt, idx, _C_HIST + j, bucket == j)
     # float64 squares: float32 ones overflow above 1.8e19
@@ -535,9 +551,15 @@ def _element_stats_kernel(
         if KIND == 2:
             hist = _add_fields(hist, idx, h2, _C_HIST + 16, 8)
             hist = _add_fields(hist, idx, h3, _C_HIST + 24, 8)
-        moved_g = tl.sum(hist)
-        mx_g = tl.max(mx)
         rel = acc_rel.to(tl.int32)
+        if KIND == 2:
+            crossings_g = tl.sum((acc_chg.to(tl.int32) >> 12) & 15).to(tl.int64)
+        elif KIND == 0:
+            crossings_g = tl.sum((rel >> 12) & 15).to(tl.int64)
+        else:
+            crossings_g = tl.sum((rel >> 20) & 15).to(tl.int64)
+        moved_g = tl.sum(hist) + crossings_g
+        mx_g = tl.max(mx)
         fast_ok = ((tl.sum(ssa) + tl.sum(ssb)) < _FAST_LIMIT) & (mx_g < 4.0)
         if FIRST > 0:
             fast_ok = fast_ok & (tl.sum(rel & 15).to(tl.int64) == moved_g)
@@ -555,6 +577,7 @@ def _element_stats_kernel(
                 changed_g = tl.sum((rel >> 16) & 15)
             cnt += tl.where(idx == _C_CHANGED, changed_g.to(tl.int64), 0)
             cnt += tl.where(idx == _C_MOVED, moved_g, 0) + hist
+            cnt += tl.where(idx == _C_SIGN_CROSSINGS, crossings_g, 0)
             cnt = _add_fields(cnt, idx, acc_abs.to(tl.int32), _C_ABS_EXCEED, 6)
             cnt = _add_fields(cnt, idx, rel, _C_REL_EXCEED + FIRST, 5 - FIRST)
             for i in tl.static_range(FIRST):
@@ -737,8 +760,8 @@ def reduce_partials(partials: ElementStatsPartials) -> ElementStats:
     max_abs_delta = float(partials.sums[:, 4].max())
     n_buckets = ULP_BUCKETS if partials.dtype == torch.float32 else 17
     hist = c[_C_HIST: _C_HIST + n_buckets - 1]
-    moved = c[_C_MOVED]
-    hist = hist + [moved - sum(hist)] + [0] * (ULP_BUCKETS - n_buckets)
+    moved, crossings = c[_C_MOVED], c[_C_SIGN_CROSSINGS]
+    hist = hist + [moved - sum(hist) - crossings] + [0] * (ULP_BUCKETS - n_buckets)
     finite = partials.numel - c[_C_NONFINITE_PAIRS]
     is_fp32 = partials.dtype == torch.float32
     stats = ElementStats(
@@ -749,6 +772,7 @@ def reduce_partials(partials: ElementStatsPartials) -> ElementStats:
         nan_a=c[_C_NAN_A], nan_b=c[_C_NAN_B], inf_a=c[_C_INF_A], inf_b=c[_C_INF_B],
         finite_pairs=finite,
         ulp_histogram=tuple(hist),
+        sign_crossings=crossings,
         within_abs=tuple(finite - c[_C_ABS_EXCEED + i] for i in range(len(ABS_TOLERANCES))),
         within_rel=tuple(finite - c[_C_REL_EXCEED + i] for i in range(len(REL_TOLERANCES))),
         hidden_by_bf16=c[_C_HIDDEN_BF16] if is_fp32 else None,
