@@ -26,6 +26,7 @@ OVERLAP_SCHEMA = "dynamics.overlap/1"
 LORA_EXTRACTION_SCHEMA = "dynamics.lora-extraction/1"
 PAPER_METRICS_SCHEMA = "dynamics.paper-metrics/1"
 OPTIMIZER_SCHEMA = "dynamics.optimizer/1"
+STYLE_SCHEMA = "dynamics.style/1"
 
 
 def check_output(path: str | Path, folder: bool = False) -> None:

@@ -46,7 +46,7 @@ from dynamics.runs import RunInfo, SeriesError, find_step_checkpoints, read_run_
 from dynamics.training_log import TrainingLog, find_training_log, read_training_log
 
 KL_FIELDS = ("kl_mean_per_token", "kl_median_per_token", "kl_p95_per_token", "kl_reverse_mean_per_token",
-             "kl_mean_per_sequence", "tokens", "sequences")
+             "kl_mean_per_sequence", "tokens", "sequences", "kl_by_position")
 
 
 @dataclass(frozen=True)

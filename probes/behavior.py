@@ -6,6 +6,9 @@ flag and boxed-extractable format flag, the Noisy Rewards RPR score. Per group: 
 (responses to one prompt averaged), then their mean over prompts with a 95% bootstrap CI over prompts:
     accuracy, code_rate, keyword_rate, format_rate, length,
     code_rate_rethink_rlvr, format_rate_rethink_rlvr, rpr_noisy_rewards.
+These come from greedy responses (`decoding` "greedy") only. From sampled responses (`decoding` "sampled", k per
+prompt, e.g. T = 1): sampled_accuracy and sampled_code_rate, per prompt the mean over its k samples, then the
+mean over prompts with a bootstrap CI over prompts, exactly as above (a prompt is the unit, not a sample).
 Our code rule and Rethink_RLVR's flag are also compared response by response (`code_flag_agreement`).
 Shifts, per (run, seed): every step against the run's first step, mean(after) − mean(before) over prompts,
 paired on prompt_id when both steps saw the same prompts (bootstrap of per-prompt differences + sign-flip
@@ -49,7 +52,8 @@ from probes.statistics import (
 
 OUR_METRICS = ("accuracy", "code_rate", "keyword_rate", "format_rate", "length")
 PAPER_METRICS = ("code_rate_rethink_rlvr", "format_rate_rethink_rlvr", "rpr_noisy_rewards")  # REFERENCES.md
-METRICS = OUR_METRICS + PAPER_METRICS
+SAMPLED_METRICS = ("sampled_accuracy", "sampled_code_rate")  # from decoding == "sampled" responses
+METRICS = OUR_METRICS + PAPER_METRICS + SAMPLED_METRICS
 SMALL_BENCHMARK_PROMPTS = 100  # below this, a few points of difference is within seed-to-seed noise
 
 
@@ -149,7 +153,12 @@ class BehaviorResult:
 
 def response_features(g: Generation, keywords: tuple[str, ...], tokenizer=None) -> dict[str, float | None]:
     """One response's features as numbers (booleans as 0/1); accuracy is None without a reference answer.
-    `keywords` replaces our keyword list only; RPR keeps the paper's phrases."""
+    `keywords` replaces our keyword list only; RPR keeps the paper's phrases. A sampled response gives only
+    the SAMPLED_METRICS, a greedy one every other metric (the rest None)."""
+    if g.decoding == "sampled":
+        return {**dict.fromkeys(OUR_METRICS + PAPER_METRICS),
+                "sampled_accuracy": None if g.answer is None else float(is_correct(g.response, g.answer)),
+                "sampled_code_rate": float(uses_code_reasoning(g.response))}
     return {
         "accuracy": None if g.answer is None else float(is_correct(g.response, g.answer)),
         "code_rate": float(uses_code_reasoning(g.response)),
@@ -159,6 +168,7 @@ def response_features(g: Generation, keywords: tuple[str, ...], tokenizer=None) 
         "code_rate_rethink_rlvr": float(mentions_python(g.response)),
         "format_rate_rethink_rlvr": float(boxed_answer_extractable(g.response)),
         "rpr_noisy_rewards": reasoning_pattern_reward(g.response),
+        **dict.fromkeys(SAMPLED_METRICS),
     }
 
 
@@ -236,6 +246,6 @@ def behavior_probe(generations: Sequence[Generation], tokenizer=None, keywords: 
                   float(np.std(d, ddof=1)) if len(d) > 1 else None, seed_interval(np.array(d)))
         for (run, a, b, m), d in sorted(per_seed.items()))
     agreement = FlagAgreement.count([(bool(f["code_rate"]), bool(f["code_rate_rethink_rlvr"]))
-                                     for r in rows.values() for _, f in r])
+                                     for r in rows.values() for _, f in r if f["code_rate"] is not None])
     return BehaviorResult(VERIFIER, "tokens" if tokenizer is not None else "words", keywords, groups,
                           tuple(shifts), seed_shifts, agreement)

@@ -8,6 +8,9 @@ run in float32 from float32 weights (bf16 weights upcast exactly; bf16 autocast 
 recorded in the result), and the KL comes from the logit difference in float64 (`token_kl`). Responses are
 sampled from TUNED (on-policy) or read from a file, then teacher-forced through both models. Only response
 tokens count (up to and including the first end-of-text); padding never does. Identical models give exactly 0.
+Where the KL sits (`kl_by_position`): each scored token falls in one class, the first response token (the style
+position), a digit token (decoded text, stripped of whitespace, non-empty and all decimal digits; not the
+first), or the rest; per class the token count, Σ KL_t(π_T ‖ π_B) and its share of the total Σ over all tokens.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class KLResult:
     sequences: int
     top_tokens: tuple[TopToken, ...]
     sampling: dict
+    kl_by_position: dict[str, dict] | None = None  # `kl_by_position_class`; None in files written before it
     per_token: TokenKL | None = field(default=None, repr=False, compare=False)  # None when read from JSON
 
     @property
@@ -94,7 +98,7 @@ class KLResult:
         """The result a `dynamics.kl/1` document was written from (per-token values, kept in HDF5, are None)."""
         check_schema(doc, KL_SCHEMA)
         names = {f.name for f in fields(KLResult)} - {"per_token", "top_tokens"}
-        return KLResult(**{k: doc[k] for k in names}, top_tokens=tuple(TopToken(**t) for t in doc["top_tokens"]))
+        return KLResult(**{k: doc[k] for k in names if k in doc}, top_tokens=tuple(TopToken(**t) for t in doc["top_tokens"]))
 
     @staticmethod
     def read_json(path: str | Path) -> KLResult:
@@ -189,9 +193,29 @@ def responses_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[str], resp
                  prompt_length=encoded["input_ids"].shape[1], response_mask=mask)
 
 
+POSITION_CLASSES = ("first", "digit", "rest")
+
+
+def kl_by_position_class(per_token: TokenKL, tokenizer: PreTrainedTokenizerBase) -> dict[str, dict]:
+    """class → {tokens, kl_sum, share}: Σ_t∈class KL_t(π_T ‖ π_B) and its share of Σ_t KL_t (None when that is 0).
+    Classes (module doc): "first" = position 0 of a response, "digit" = a later token whose decoded text stripped
+    of whitespace is non-empty and all digits, "rest" = the others. Relies on the (sequence, position) order."""
+    index = np.asarray(per_token.sequence_index)
+    position = np.arange(len(index)) - np.searchsorted(index, index)
+    digit_ids = {t for t in set(per_token.token_id.tolist())
+                 if (text := tokenizer.decode([t]).strip()) and text.isdigit() and text.isascii()}
+    is_digit = np.isin(per_token.token_id, list(digit_ids))
+    classes = {"first": position == 0, "digit": (position > 0) & is_digit, "rest": (position > 0) & ~is_digit}
+    total = float(per_token.forward.sum())
+    return {name: {"tokens": int(chosen.sum()), "kl_sum": float(per_token.forward[chosen].sum()),
+                   "share": float(per_token.forward[chosen].sum()) / total if total else None}
+            for name, chosen in classes.items()}
+
+
 def summarise_token_kl(per_token: TokenKL, tokenizer: PreTrainedTokenizerBase, base: str, tuned: str,
                        sampling: dict) -> KLResult:
-    """Means, median and p95 per token, mean per-sequence sum, and the tokens with the largest KL sums."""
+    """Means, median and p95 per token, mean per-sequence sum, the tokens with the largest KL sums, and the
+    split of Σ KL over first / digit / other response tokens (`kl_by_position_class`)."""
     if len(per_token.forward) == 0:
         raise ProbeError("no response tokens to score")
     sums: dict[int, list[float]] = defaultdict(lambda: [0, 0.0])
@@ -207,7 +231,8 @@ def summarise_token_kl(per_token: TokenKL, tokenizer: PreTrainedTokenizerBase, b
                     kl_p95_per_token=float(np.percentile(per_token.forward, 95)),
                     kl_reverse_mean_per_token=float(per_token.reverse.mean()),
                     kl_mean_per_sequence=float(per_sequence.mean()), tokens=len(per_token.forward),
-                    sequences=n_sequences, top_tokens=top, sampling=sampling, per_token=per_token)
+                    sequences=n_sequences, top_tokens=top, sampling=sampling,
+                    kl_by_position=kl_by_position_class(per_token, tokenizer), per_token=per_token)
 
 
 def kl_drift(base: str | Path, tuned: str | Path, prompts: list[Prompt] | None = None,

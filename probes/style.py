@@ -7,6 +7,9 @@ teacher-forced, no sampling noise. The openings must be prefix-free after tokeni
 begin another's, no two equal), so the events are disjoint and the sum is a probability; otherwise refused.
 The forward pass runs in float32 (no autocast), the log-softmax in float32, the sum over t in float64.
 Records: one JSON object per line (prompt_id, step, p_style, run, seed, reward), like generations jsonl.
+`style_probe` (`dynamics probe style`): per model the mean of p_style over prompts with a 95% bootstrap CI over
+prompts, and its shift vs the first model, mean over prompts of p_style(model) − p_style(first), with a paired
+bootstrap CI and a paired sign-flip permutation p (the prompts are the same for every model).
 """
 
 from __future__ import annotations
@@ -16,13 +19,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dynamics.documents import atomic_path, jsonl_records
+from dynamics.devices import resolve_device
+from dynamics.documents import STYLE_SCHEMA, atomic_path, check_schema, finite_json, jsonl_records
 from dynamics.errors import DynamicsError
+from probes.models import Prompt, format_for_model, load_model, probe_tokenizer
 from probes.sampling import encode_prompts
+from probes.statistics import bootstrap_mean_ci, paired_difference_ci, paired_permutation_p
 
 
 class StyleError(DynamicsError):
@@ -121,3 +129,71 @@ def read_style_records(path: str | Path) -> list[StyleRecord]:
         except (TypeError, ValueError) as e:
             raise StyleError(f"{path}:{number}: {e}") from e
     return out
+
+
+@dataclass(frozen=True)
+class StyleEstimate:
+    model: str
+    mean: float  # mean of p_style over prompts
+    ci95: tuple[float, float]  # bootstrap over prompts
+    shift: float | None  # mean over prompts of p_style(model) − p_style(first model); None for the first
+    shift_ci95: tuple[float, float] | None  # paired bootstrap over prompts
+    shift_p_value: float | None  # paired sign-flip permutation test
+
+
+@dataclass(frozen=True)
+class StyleResult:
+    openings: tuple[str, ...]
+    prompt_ids: tuple[str, ...]
+    models: tuple[StyleEstimate, ...]
+    p_style: tuple[tuple[float, ...], ...]  # per model, per prompt (prompt_ids order)
+
+    def to_json(self) -> dict:
+        """The `dynamics.style/1` document."""
+        return finite_json({"schema": STYLE_SCHEMA, "openings": list(self.openings),
+                            "prompt_ids": list(self.prompt_ids), "models": [asdict(m) for m in self.models],
+                            "p_style": [list(row) for row in self.p_style]})
+
+    @staticmethod
+    def from_json(doc: dict) -> StyleResult:
+        """The result a `dynamics.style/1` document was written from."""
+        check_schema(doc, STYLE_SCHEMA, error=StyleError)
+        models = tuple(StyleEstimate(m["model"], m["mean"], tuple(m["ci95"]), m["shift"],
+                                     None if m["shift_ci95"] is None else tuple(m["shift_ci95"]),
+                                     m["shift_p_value"]) for m in doc["models"])
+        return StyleResult(tuple(doc["openings"]), tuple(doc["prompt_ids"]), models,
+                           tuple(tuple(row) for row in doc["p_style"]))
+
+
+def summarize_style(models: Sequence[str], values: np.ndarray, openings: Sequence[str], prompt_ids: Sequence[str],
+                    bootstrap: int = 2000, permutations: int = 10000, seed: int = 0) -> StyleResult:
+    """Estimates and paired shifts vs the first model from `values[model, prompt]` (module doc)."""
+    estimates = []
+    for i, model in enumerate(models):
+        shift = shift_ci = p = None
+        if i:
+            shift = float((values[i] - values[0]).mean())
+            shift_ci = paired_difference_ci(values[0], values[i], bootstrap, seed)
+            p = paired_permutation_p(values[i] - values[0], permutations, seed)
+        estimates.append(StyleEstimate(str(model), float(values[i].mean()), bootstrap_mean_ci(values[i], bootstrap, seed),
+                                       shift, shift_ci, p))
+    return StyleResult(tuple(openings), tuple(prompt_ids), tuple(estimates), tuple(map(tuple, values.tolist())))
+
+
+def style_probe(models: Sequence[str | Path], prompts: Sequence[Prompt], openings: Sequence[str], *,
+                base: str | Path | None = None, batch_size: int = 64, bootstrap: int = 2000,
+                permutations: int = 10000, seed: int = 0, chat_template: bool = True, device: str = "auto",
+                progress: bool = True) -> StyleResult:
+    """p_style of every prompt under every model (PEFT adapters applied to `base`), then `summarize_style`.
+    The openings are checked against the first model's tokenizer before any model loads."""
+    texts = None
+    values = []
+    for model_path in tqdm(models, desc="p(style)", disable=not progress):
+        tokenizer = probe_tokenizer(model_path, base, [p.prompt for p in prompts], chat_template)
+        opening_token_ids(tokenizer, openings)
+        texts = [format_for_model(tokenizer, p.prompt, chat_template) for p in prompts]
+        model = load_model(model_path, resolve_device(device), float32=True, base=base, progress=progress)
+        values.append(style_probability(model, tokenizer, texts, list(openings), batch_size).numpy())
+        del model
+    return summarize_style([str(m) for m in models], np.stack(values), openings, [p.prompt_id for p in prompts],
+                           bootstrap, permutations, seed)

@@ -6,7 +6,7 @@ import pytest
 
 from dynamics.cli import main
 from dynamics.cli.probe import format_behavior
-from probes.behavior import METRICS, behavior_probe
+from probes.behavior import METRICS, SAMPLED_METRICS, behavior_probe
 from probes.generations import Generation, write_generations
 
 CODE_RIGHT = "```python\nx = 2 + 3\nprint(x)\n```\nThe answer is \\boxed{5}."
@@ -115,7 +115,7 @@ def test_cli_writes_the_document(tmp_path, generations, capsys):
     doc = json.loads(out.read_text())
     assert doc["schema"] == "dynamics.behavior/1" and doc["keywords"] == ["Let me", "Finally"]
     assert {"run", "seed", "from_step", "to_step", "metric", "delta", "ci95", "p_value"} <= set(doc["shifts"][0])
-    assert len(doc["groups"]) == 4 and len(doc["seed_shifts"]) == len(METRICS)
+    assert len(doc["groups"]) == 4 and len(doc["seed_shifts"]) == len(METRICS) - len(SAMPLED_METRICS)  # greedy only
 
 
 def test_cli_reports_a_malformed_line(tmp_path, capsys):
@@ -123,3 +123,38 @@ def test_cli_reports_a_malformed_line(tmp_path, capsys):
     path.write_text('{"prompt": "q", "response": "a"}\n{not json\n')
     assert main(["probe", "behavior", str(path)]) == 2
     assert f"{path}:2" in capsys.readouterr().err
+
+
+def _sampled(seed: int, step: int, per_prompt: list[list[str]]) -> list[Generation]:
+    return [Generation(prompt=f"q{i}", response=r, prompt_id=f"p{i}", answer="5", run="grpo-true", step=step,
+                       seed=seed, reward="true", sample=j + 1, decoding="sampled")
+            for i, samples in enumerate(per_prompt) for j, r in enumerate(samples)]
+
+
+def test_sampled_measures_average_each_prompt_then_prompts_and_leave_greedy_numbers_alone(generations):
+    # Step 0: p0 [right code, wrong words] → 0.5 correct, 0.5 code; p1 two wrong words → 0, 0: means 0.25, 0.25.
+    # Step 10, seed s: p0 / p1 as below. Per-seed sampled-accuracy shifts 0.5, 0, 0.75 (seeds 1, 2, 3).
+    start = [[CODE_RIGHT, WORDS_WRONG], [WORDS_WRONG, WORDS_WRONG]]
+    later = {1: [[CODE_RIGHT, CODE_RIGHT], [CODE_RIGHT, WORDS_WRONG]], 2: start,
+             3: [[CODE_RIGHT, CODE_RIGHT], [CODE_RIGHT, CODE_RIGHT]]}
+    sampled = [g for s in (1, 2, 3) for g in _sampled(s, 0, start) + _sampled(s, 10, later[s])]
+    greedy_only = behavior_probe(generations, bootstrap=200, permutations=100)
+    both = behavior_probe(generations + sampled, bootstrap=200, permutations=100)
+    for before in greedy_only.groups:
+        after = next(g for g in both.groups if (g.step, g.seed) == (before.step, before.seed))
+        assert {m: after.values[m] for m in before.values if m not in ("sampled_accuracy", "sampled_code_rate")} \
+            == {m: v for m, v in before.values.items() if m not in ("sampled_accuracy", "sampled_code_rate")}
+        assert before.values["sampled_accuracy"] is None
+    g0 = _group(both, 0, 1)
+    assert g0.values["sampled_accuracy"].mean == 0.25 and g0.values["sampled_code_rate"].mean == 0.25
+    assert _group(both, 10, 1).values["sampled_accuracy"].mean == 0.75
+    shift = next(s for s in both.shifts if s.seed == 1 and s.metric == "sampled_accuracy")
+    assert shift.delta == 0.5 and shift.paired and shift.n_prompts == 2
+    seeds = next(s for s in both.seed_shifts if s.metric == "sampled_accuracy")
+    deltas = [0.5, 0.0, 0.75]
+    mean, std = sum(deltas) / 3, (sum((d - sum(deltas) / 3) ** 2 for d in deltas) / 2) ** 0.5
+    half = 4.302652729911275 * std / 3 ** 0.5  # t_{0.975, 2 degrees of freedom}
+    assert seeds.n_seeds == 3 and seeds.mean == pytest.approx(mean) and seeds.std == pytest.approx(std)
+    assert seeds.ci95 == pytest.approx((mean - half, mean + half))
+    assert both.code_flag_agreement == greedy_only.code_flag_agreement
+    assert "sampled responses" in format_behavior(both) and "sampled responses" not in format_behavior(greedy_only)

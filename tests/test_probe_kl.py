@@ -197,3 +197,24 @@ def test_gpu_scores_match_the_cpu(tmp_path, constant_pair):
     # Scoring runs in float32 on CUDA too (no autocast, no TF32): the analytic KL to float32 rounding.
     np.testing.assert_allclose(gpu.per_token.forward, forward, rtol=1e-5)
     assert gpu.kl_reverse_mean_per_token == pytest.approx(reverse, rel=1e-5)
+
+
+def test_kl_split_by_position_class_on_a_hand_built_case():
+    # Two responses: ["```", "5", "py"] and ["5", "7"]. KL 1, 2, 3 | 4, 5. First tokens: 1 + 4 = 5 (the leading
+    # "5" is first, not digit); digit tokens after the first: 2 + 5 = 7; the rest: 3. Total 15.
+    from probes.kl import TokenKL, kl_by_position_class
+    from probes.lab.tokenizer import train_tokenizer
+    from tests.tiny_lm import TEXTS
+
+    tokenizer = train_tokenizer(TEXTS, vocab_size=300)
+    (fence,), (five,), (py, *_), (seven,) = (tokenizer(t, add_special_tokens=False)["input_ids"]
+                                             for t in ("```", "5", "python", "7"))
+    per_token = TokenKL(forward=np.array([1.0, 2, 3, 4, 5]), reverse=np.zeros(5), sequence_index=np.array([0, 0, 0, 1, 1]),
+                        token_id=np.array([fence, five, py, five, seven]))
+    split = kl_by_position_class(per_token, tokenizer)
+    assert split == {"first": {"tokens": 2, "kl_sum": 5.0, "share": 5 / 15},
+                     "digit": {"tokens": 2, "kl_sum": 7.0, "share": 7 / 15},
+                     "rest": {"tokens": 1, "kl_sum": 3.0, "share": 3 / 15}}
+    zero = kl_by_position_class(TokenKL(np.zeros(5), np.zeros(5), per_token.sequence_index, per_token.token_id),
+                                tokenizer)
+    assert zero["first"] == {"tokens": 2, "kl_sum": 0.0, "share": None}

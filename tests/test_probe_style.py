@@ -1,16 +1,27 @@
 """p(style): hand-computed softmax on a constant-logit model, multi-token openings, prefix-free refusal, a float64
-reference on a random tiny model with padding, records round trip."""
+reference on a random tiny model with padding, records round trip, the CLI."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import Qwen2ForCausalLM
 
+from dynamics.cli import main
 from probes.lab.tokenizer import train_tokenizer
-from probes.style import StyleError, StyleRecord, read_style_records, style_probability, write_style_records
-from tests.tiny_lm import TEXTS, constant_logits_lm, tiny_config
+from probes.models import load_model, load_tokenizer
+from probes.style import (
+    StyleError,
+    StyleRecord,
+    StyleResult,
+    read_style_records,
+    style_probability,
+    write_style_records,
+)
+from tests.tiny_lm import TEXTS, constant_logits_lm, save_tiny_lm, tiny_config
 
 PROMPTS = ["Question: what is 2 + 3?\nAnswer:\n", "Q", "Question: what is 7 - 4?\nAnswer:"]
 
@@ -81,3 +92,32 @@ def test_style_records_round_trip_and_a_bad_line_names_the_file(tmp_path):
     path.write_text('{"prompt_id": "a", "p_style": "high"}\n')
     with pytest.raises(StyleError, match=r"style.jsonl:1: a line needs"):
         read_style_records(path)
+
+
+def test_cli_writes_per_model_estimates_and_paired_shifts(tmp_path, capsys):
+    base, tuned = save_tiny_lm(tmp_path / "base", seed=1), save_tiny_lm(tmp_path / "tuned", seed=2)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p, "prompt_id": str(i)}) + "\n" for i, p in enumerate(PROMPTS)))
+    out = tmp_path / "style.json"
+    assert main(["probe", "style", str(base), str(tuned), "--prompts", str(prompts), "--openings", "```", "5",
+                 "--bootstrap", "200", "--json", str(out), "-q", "--device", "cpu"]) == 0
+    assert "shift vs" in capsys.readouterr().out
+    result = StyleResult.from_json(json.loads(out.read_text()))
+    tokenizer = load_tokenizer(base)
+    direct = [style_probability(load_model(m, torch.device("cpu")), tokenizer, PROMPTS, ["```", "5"]).tolist()
+              for m in (base, tuned)]
+    np.testing.assert_allclose(np.array(result.p_style), np.array(direct), rtol=1e-6)
+    first, second = result.models
+    assert first.shift is None and second.shift == pytest.approx(np.mean(direct[1]) - np.mean(direct[0]))
+    assert second.shift_ci95[0] <= second.shift <= second.shift_ci95[1] and first.ci95[0] <= first.mean
+
+
+def test_cli_refuses_openings_that_are_not_prefix_free_in_one_line(tmp_path, capsys):
+    base = save_tiny_lm(tmp_path / "base")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Q"}) + "\n")
+    capsys.readouterr()
+    assert main(["probe", "style", str(base), "--prompts", str(prompts), "--openings", "```", "```python",
+                 "-q", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not prefix-free" in err and len(err.splitlines()) == 1

@@ -1,4 +1,4 @@
-"""`dynamics probe kl|fisher|behavior|generate`: run models or read generations; print and write their results."""
+"""`dynamics probe kl|fisher|behavior|generate|style`: run models or read generations; print and write their results."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dynamics.cli.common import Subparsers, add_output, device_and_quiet, wrote
 
 
 def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser("probe", help="run models or read generations: kl, fisher, behavior, generate")
+    p = sub.add_parser("probe", help="run models or read generations: kl, fisher, behavior, generate, style")
     probes = p.add_subparsers(dest="probe", required=True)
     common = device_and_quiet()
 
@@ -62,6 +62,22 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--reward", default="none")
     p.set_defaults(run=run_generate)
 
+    p = probes.add_parser("style", parents=[common],
+                          help="exact teacher-forced p(response opens with a style opening), shifts vs the first model")
+    p.add_argument("models", nargs="+", help="model folders (HF, local), the first is the reference (e.g. BASE TUNED...)")
+    p.add_argument("--base", help="base model folder the PEFT adapter folders among MODELS apply to")
+    p.add_argument("--prompts", type=Path, required=True, help="prompts jsonl (a 'prompt' field per line)")
+    p.add_argument("--openings", nargs="+", required=True,
+                   help="style-opening strings, prefix-free after tokenisation, e.g. '```'")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts per forward pass (default 64)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% CIs (default 2000)")
+    p.add_argument("--permutations", type=int, default=10000,
+                   help="paired permutation test resamples (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--no-chat-template", action="store_true", help="feed prompts as plain text")
+    add_output(p, "--json", help="write the dynamics.style/1 document here")
+    p.set_defaults(run=run_style)
+
 
 def _add_sampling(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
@@ -102,9 +118,18 @@ def format_kl(result) -> str:
               f"median {result.kl_median_per_token:.4g}, p95 {result.kl_p95_per_token:.4g}"),
              f"  KL(base || tuned) per token: mean {result.kl_reverse_mean_per_token:.4g}",
              f"  KL per sequence (sum over its tokens): mean {result.kl_mean_per_sequence:.4g}",
+             *_kl_position_lines(result.kl_by_position),
              "  largest contributions (token: sum over occurrences, count):"]
     lines += [f"    {t.token!r}: {t.kl_sum:.4g} ({t.count}×)" for t in result.top_tokens[:10]]
     return "\n".join(lines)
+
+
+def _kl_position_lines(split: dict | None) -> list[str]:
+    if not split:
+        return []
+    cells = [f"{name} {100 * c['share']:.1f}% ({c['tokens']} tokens)" if c["share"] is not None
+             else f"{name} n/a ({c['tokens']} tokens)" for name, c in split.items()]
+    return ["  share of the KL sum at the first response token / digit tokens / the rest: " + ", ".join(cells)]
 
 
 def run_fisher(args: argparse.Namespace) -> None:
@@ -161,10 +186,13 @@ def _fmt(value: float, metric: str) -> str:
 
 def format_behavior(result) -> str:
     """Groups and shifts as text tables; every estimate is printed with its 95% CI, never bare."""
-    from probes.behavior import OUR_METRICS, PAPER_METRICS, SMALL_BENCHMARK_PROMPTS
+    from probes.behavior import OUR_METRICS, PAPER_METRICS, SAMPLED_METRICS, SMALL_BENCHMARK_PROMPTS
 
     lines = [f"Behavior ({result.verifier}; length in {result.length_unit}); mean [95% CI over prompts]"]
-    for title, metrics in (("ours", OUR_METRICS), ("the papers' definitions (REFERENCES.md)", PAPER_METRICS)):
+    tables = [("ours (greedy responses)", OUR_METRICS), ("the papers' definitions (REFERENCES.md)", PAPER_METRICS)]
+    if any(g.values[m] is not None for g in result.groups for m in SAMPLED_METRICS):
+        tables.append(("sampled responses: per-prompt mean over its samples", SAMPLED_METRICS))
+    for title, metrics in tables:
         header = f"{'run':<18}{'step':>6}{'seed':>5}{'prompts':>8}  " + "  ".join(f"{m:<24}" for m in metrics)
         lines += ["", f"{title}:", header, "-" * len(header)]
         for g in result.groups:
@@ -215,3 +243,31 @@ def run_generate(args: argparse.Namespace) -> None:
         chat_template=not args.no_chat_template, progress=not args.quiet)
     write_generations(generations, args.out)
     print(f"wrote {len(generations)} responses to {args.out}")
+
+
+def run_style(args: argparse.Namespace) -> None:
+    from dynamics.outputs import write_json_document
+    from probes.models import read_prompts
+    from probes.style import style_probe
+
+    result = style_probe(args.models, read_prompts(args.prompts), args.openings, base=args.base,
+                         batch_size=args.batch_size, bootstrap=args.bootstrap, permutations=args.permutations,
+                         seed=args.seed, chat_template=not args.no_chat_template, device=args.device,
+                         progress=not args.quiet)
+    print(format_style(result))
+    if args.json:
+        write_json_document(result.to_json(), args.json)
+        wrote(args.json)
+
+
+def format_style(result) -> str:
+    """Per model p(style) with its CI over prompts and the paired shift vs the first model."""
+    lines = [(f"p(style) = sum over openings {list(result.openings)} of their teacher-forced probability; "
+              f"mean [95% CI over {len(result.prompt_ids)} prompts]")]
+    for m in result.models:
+        line = f"  {m.model}: {m.mean:.4f} [{m.ci95[0]:.4f}, {m.ci95[1]:.4f}]"
+        if m.shift is not None:
+            line += (f"   shift vs {result.models[0].model}: {m.shift:+.4f} [{m.shift_ci95[0]:+.4f}, "
+                     f"{m.shift_ci95[1]:+.4f}] paired, p={m.shift_p_value:.3g}")
+        lines.append(line)
+    return "\n".join(lines)
