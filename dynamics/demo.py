@@ -5,9 +5,10 @@ comparison of all runs.
 
 Diffs are bf16 against the bf16 base with geometry at a small k (the tiny model's matrices are 64 wide),
 plus the fp32 masters of the true-reward GRPO run and the SFT run against their fp32 starting point, to show
-what bf16 storage hides. A spurious reward "moved" the style when the 95% CI of its p(code) shift (paired
-bootstrap over prompts, last step − step 0) or of its greedy or sampled code-rate shift excludes 0. Same seed
-on the same machine → the same files and numbers.
+what bf16 storage hides. A spurious reward "moved" the style when its p(code) shift (paired bootstrap over
+prompts, last step − step 0) or its greedy or sampled code-rate shift is at least `MIN_STYLE_SHIFT` (two
+points) with a 95% CI that excludes 0: p(code) is exact, so its interval is narrow and a shift of 0.001 would
+otherwise count. Same seed on the same machine → the same files and numbers.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ FP32_RUNS = ("true", "sft")  # rewards whose fp32 masters are diffed too
 REPORT_RUNS = ("true", "sft")
 TRAJECTORY_METRICS = ("accuracy", "sampled_accuracy", "code_rate", "sampled_code_rate")
 GPU_RESULTS = "docs/lab-results.md"
+MIN_STYLE_SHIFT = 0.02
 
 
 @dataclass(frozen=True)
@@ -137,16 +139,18 @@ def behavior_lines(behavior: BehaviorResult, style: dict[str, StyleShift]) -> li
 
 
 def moved_style(behavior: BehaviorResult, style: dict[str, StyleShift]) -> list[str]:
-    """The spurious rewards whose p(code) or code-rate shift (last step − step 0) has a 95% CI without 0."""
+    """The spurious rewards whose p(code) or code-rate shift (last step − step 0) is ≥ MIN_STYLE_SHIFT in size
+    with a 95% CI without 0."""
     moved = []
     for reward in SPURIOUS:
         if reward not in style:
             continue
         run = _run_label(reward)
         last = max(sh.to_step for sh in behavior.shifts if sh.run == run)
-        intervals = [style[reward].ci95] + [sh.ci95 for sh in behavior.shifts if sh.run == run and sh.to_step == last
-                                            and sh.metric in ("code_rate", "sampled_code_rate")]
-        if any(low > 0 or high < 0 for low, high in intervals):
+        shifts = [(style[reward].delta, style[reward].ci95)] + [
+            (sh.delta, sh.ci95) for sh in behavior.shifts
+            if sh.run == run and sh.to_step == last and sh.metric in ("code_rate", "sampled_code_rate")]
+        if any(abs(delta) >= MIN_STYLE_SHIFT and (low > 0 or high < 0) for delta, (low, high) in shifts):
             moved.append(reward)
     return moved
 

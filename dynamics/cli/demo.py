@@ -18,7 +18,15 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from dynamics.demo import DEMO_GEOMETRY, GPU_RESULTS, behavior_lines, moved_style, run_demo, trajectory_lines
+    from dynamics.demo import (
+        DEMO_GEOMETRY,
+        GPU_RESULTS,
+        MIN_STYLE_SHIFT,
+        behavior_lines,
+        moved_style,
+        run_demo,
+        trajectory_lines,
+    )
     from dynamics.summary import format_side_by_side
     from probes.behavior import SMALL_BENCHMARK_PROMPTS
 
@@ -36,10 +44,12 @@ def run(args: argparse.Namespace) -> None:
               "within seed-to-seed noise)")
     moved = moved_style(demo.behavior, demo.style)
     if moved:
-        print(f"\nSpurious rewards that moved the style at CPU size: {', '.join(moved)} (a CI above excludes 0).")
+        print(f"\nSpurious rewards that moved the style at CPU size: {', '.join(moved)} (a shift above of at least "
+              f"{MIN_STYLE_SHIFT:.2f} whose CI excludes 0). The GPU study is in {GPU_RESULTS}.")
     else:
-        print("\nAt CPU size no spurious reward moved the style: every p(code) and code-rate interval of the "
-              f"random, format and incorrect runs contains 0. The GPU study, where they can, is in {GPU_RESULTS}.")
+        print(f"\nAt CPU size no spurious reward moved the style: no p(code) or code-rate shift of the random, "
+              f"format and incorrect runs reaches {MIN_STYLE_SHIFT:.2f} with a CI that excludes 0. "
+              f"The GPU study, where they can, is in {GPU_RESULTS}.")
     print(f"\nlab runs: {demo.lab_dir} (manifest.json, checkpoints, generations.jsonl per run)")
     print(f"full diffs: {demo.diff_paths['true'].parent}/*.json")
     for label, path in demo.reports.items():

@@ -5,9 +5,10 @@ appended to the run's `generations.jsonl`, and p(code) = `probes.style.style_pro
 `style.jsonl` as `StyleRecord`s. The checkpoint folder is written last and appears whole, so a run whose last
 checkpoint exists is complete.
 
-Sampled evaluation draws from its own generator state, torch seeded with `eval_sampling_seed(seed, step)`
-inside `fork_rng`: the training stream is untouched, and a step's samples are a function of the checkpoint,
-the run's seed and the step.
+Sampled evaluation draws from its own generator state, torch seeded with `EVAL_SAMPLING_SEED` inside
+`fork_rng`: the training stream is untouched, and every run and step (the base's step 0 included) samples with
+the same random numbers, so a shift between two checkpoints is the models' difference, not a fresh draw of
+sampling noise (common random numbers; the bootstrap over prompts carries the prompts' noise).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from probes.sampling import decode_responses, generate
 from probes.style import StyleRecord, style_probability, write_style_records
 
 CODE_OPENINGS = ["```"]
+EVAL_SAMPLING_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,6 @@ class Evaluation:
         return Evaluation([replace(g, **names) for g in self.generations], [replace(r, **names) for r in self.style])
 
 
-def eval_sampling_seed(seed: int, step: int) -> int:
-    return 1_000_003 * seed + step
-
-
 def heldout_generations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, problems: list[Problem],
                         labels: RunLabels, step: int, settings: EvalConfig) -> list[Generation]:
     """One greedy response per held-out problem, labelled for the generations jsonl."""
@@ -70,12 +68,12 @@ def heldout_generations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFa
 
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, problems: list[Problem],
              labels: RunLabels, step: int, settings: EvalConfig) -> Evaluation:
-    """Greedy generations, `samples_per_prompt` sampled ones (seeded by `eval_sampling_seed`), p(code)."""
+    """Greedy generations, `samples_per_prompt` sampled ones (torch seeded with EVAL_SAMPLING_SEED), p(code)."""
     generations = heldout_generations(model, tokenizer, problems, labels, step, settings)
     device = next(model.parameters()).device
     if settings.samples_per_prompt:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(eval_sampling_seed(labels.seed, step))
+            torch.manual_seed(EVAL_SAMPLING_SEED)
             generations += _generations(model, tokenizer, problems, labels, step, settings,
                                         samples=settings.samples_per_prompt)
     p_code = style_probability(model, tokenizer, [format_prompt(p.text) for p in problems], CODE_OPENINGS,

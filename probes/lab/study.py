@@ -102,18 +102,18 @@ LAB_PRESETS = {
         pretrain=PretrainConfig(steps=800, batch_size=32, lr=3e-3, warmup_steps=80),
         sft=SFTConfig(steps=40, batch_size=16, lr=2e-5),
         grpo=GRPOConfig(steps=16, rollout_prompts=16, group_size=8, updates_per_rollout=4, lr=1e-5,
-                        max_new_tokens=48),
-        evaluation=EvalConfig(max_new_tokens=48, batch_size=64, samples_per_prompt=2),
+                        max_new_tokens=64),
+        evaluation=EvalConfig(max_new_tokens=64, batch_size=128, samples_per_prompt=2),
         rl_save_every_steps=8, sft_save_every_steps=20, majority_problems=256, majority_samples=8,
     ),
     "small": LabConfig(
         size="small", max_operand=30, train_problems=20000, heldout_problems=256,
         pretrain=PretrainConfig(steps=1200, batch_size=128, lr=1e-3, warmup_steps=100),
         sft=SFTConfig(steps=120, batch_size=32, lr=2e-5),
-        grpo=GRPOConfig(steps=128, rollout_prompts=32, group_size=8, updates_per_rollout=8, lr=1e-5,
+        grpo=GRPOConfig(steps=104, rollout_prompts=32, group_size=8, updates_per_rollout=8, lr=1e-5,
                         max_new_tokens=72),
-        evaluation=EvalConfig(max_new_tokens=72, batch_size=256, samples_per_prompt=4),
-        rl_save_every_steps=32, sft_save_every_steps=40, majority_problems=2048, majority_samples=16,
+        evaluation=EvalConfig(max_new_tokens=72, batch_size=1024, samples_per_prompt=4),
+        rl_save_every_steps=26, sft_save_every_steps=40, majority_problems=1024, majority_samples=8,
         parallel_runs=16,
     ),
 }
@@ -232,38 +232,47 @@ def _previous_runs(out: Path, size: str) -> list[dict]:
 
 
 def _run_study(config: LabConfig, out: Path, specs: list[RunSpec], device: torch.device, progress: bool) -> None:
+    """Prepare the bases the pending runs need (in parallel on a GPU), then train the pending runs."""
     train = make_problems(config.train_problems, "train", config.problem_seed, config.max_operand)
     heldout = make_problems(config.heldout_problems, "heldout", config.problem_seed + 1, config.max_operand)
     pending = [s for s in specs if not run_complete(config, s, out / s.folder_name)]
-    jobs = []
-    for base in dict.fromkeys(s.base for s in specs):
-        base_specs = [s for s in pending if s.base == base]
-        if not base_specs:
-            continue
-        started = time.perf_counter()
-        base_dir = out / base_folder_name(base)
-        if not (base_dir / "model.safetensors").is_file():
-            pretrain_base(train, config.size, BASES[base], config.pretrain, config.base_seed, base_dir, device,
-                          progress)
-        model, tokenizer = load_for_training(base_dir, device)
-        base_eval = evaluate(model, tokenizer, heldout, RunLabels("base", "none", 0), 0, config.evaluation)
-        wrong = (incorrect_reward_problems(model, tokenizer, train, config, out / f"majority-{base}.json")
-                 if any(s.reward == "incorrect" for s in base_specs) else [])
-        del model
-        if progress:
-            print(f"{base_folder_name(base)}: ready in {time.perf_counter() - started:.0f} s")
-        for spec in base_specs:
-            problems = wrong if spec.reward == "incorrect" else train
-            jobs.append((config, spec, base_dir, out / spec.folder_name, problems, heldout, base_eval, device,
-                         progress and config.parallel_runs == 1))
-    if config.parallel_runs > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(config.parallel_runs, len(jobs)), mp_context=get_context("spawn")) as pool:
-            for seconds, spec in pool.map(_train_run_job, jobs):
-                if progress:
-                    print(f"{spec.folder_name}: {seconds:.0f} s")
-    else:
-        for job in jobs:
-            _train_run_job(job)
+    bases = list(dict.fromkeys(s.base for s in pending))
+    base_jobs = [(config, base, out, train, heldout, any(s.reward == "incorrect" for s in pending if s.base == base),
+                  device, progress) for base in bases]
+    prepared = dict(zip(bases, _map(_prepare_base, base_jobs, config.parallel_runs)))
+    jobs = [(config, spec, out / base_folder_name(spec.base), out / spec.folder_name,
+             prepared[spec.base][1] if spec.reward == "incorrect" else train, heldout, prepared[spec.base][0],
+             device, progress and config.parallel_runs == 1) for spec in pending]
+    for seconds, spec in _map(_train_run_job, jobs, config.parallel_runs):
+        if progress and config.parallel_runs > 1:
+            print(f"{spec.folder_name}: {seconds:.0f} s")
+
+
+def _map(function, jobs: list[tuple], parallel: int) -> list:
+    """`function` over `jobs`, in `parallel` spawned processes when more than one (each job's own CUDA context)."""
+    if parallel > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(parallel, len(jobs)), mp_context=get_context("spawn")) as pool:
+            return list(pool.map(function, jobs))
+    return [function(job) for job in jobs]
+
+
+def _prepare_base(job: tuple) -> tuple[Evaluation, list[Problem]]:
+    """Pretrain the base unless its folder exists; its step-0 evaluation; the incorrect reward's problems."""
+    config, base, out, train, heldout, needs_majority, device, progress = job
+    if device.type == "cpu":
+        torch.set_num_threads(CPU_THREADS)
+    started = time.perf_counter()
+    base_dir = out / base_folder_name(base)
+    if not (base_dir / "model.safetensors").is_file():
+        pretrain_base(train, config.size, BASES[base], config.pretrain, config.base_seed, base_dir, device,
+                      progress and config.parallel_runs == 1)
+    model, tokenizer = load_for_training(base_dir, device)
+    base_eval = evaluate(model, tokenizer, heldout, RunLabels("base", "none", 0), 0, config.evaluation)
+    wrong = (incorrect_reward_problems(model, tokenizer, train, config, out / f"majority-{base}.json")
+             if needs_majority else [])
+    if progress:
+        print(f"{base_dir.name}: ready in {time.perf_counter() - started:.0f} s")
+    return base_eval, wrong
 
 
 def run_complete(config: LabConfig, spec: RunSpec, run_dir: Path) -> bool:
@@ -303,7 +312,7 @@ def incorrect_reward_problems(model: PreTrainedModel, tokenizer: PreTrainedToken
     return wrong
 
 
-def _train_run_job(job: tuple) -> tuple[float, RunSpec]:
+def _train_run_job(job: tuple) -> tuple[float, RunSpec]:  # a top-level function: spawned workers import it
     started = time.perf_counter()
     train_run(*job)
     return time.perf_counter() - started, job[1]
