@@ -68,6 +68,8 @@ DEFAULT_REWARDS = ("true", "format", "random", "random-0.3", "incorrect", "noisy
 ABLATIONS = ("clip-off", "on-policy")
 # CPU matmuls can split reductions by thread count; a fixed count keeps a seed's files bit-identical.
 CPU_THREADS = 2
+# On a GPU each of the parallel run processes needs one core for its Python loop; more would oversubscribe.
+GPU_WORKER_THREADS = 1
 
 
 class LabError(DynamicsError):
@@ -259,8 +261,7 @@ def _map(function, jobs: list[tuple], parallel: int) -> list:
 def _prepare_base(job: tuple) -> tuple[Evaluation, list[Problem]]:
     """Pretrain the base unless its folder exists; its step-0 evaluation; the incorrect reward's problems."""
     config, base, out, train, heldout, needs_majority, device, progress = job
-    if device.type == "cpu":
-        torch.set_num_threads(CPU_THREADS)
+    torch.set_num_threads(CPU_THREADS if device.type == "cpu" else GPU_WORKER_THREADS)
     started = time.perf_counter()
     base_dir = out / base_folder_name(base)
     if not (base_dir / "model.safetensors").is_file():
@@ -322,8 +323,7 @@ def train_run(config: LabConfig, spec: RunSpec, base_dir: Path, run_dir: Path, t
               heldout: list[Problem], base_eval: Evaluation, device: torch.device, progress: bool) -> Path:
     """One fine-tuning run from the bf16 base (fp32 masters), into a fresh `run_dir`: run.json, checkpoints,
     generations, style records, training log."""
-    if device.type == "cpu":
-        torch.set_num_threads(CPU_THREADS)
+    torch.set_num_threads(CPU_THREADS if device.type == "cpu" else GPU_WORKER_THREADS)
     shutil.rmtree(run_dir, ignore_errors=True)
     torch.manual_seed(spec.seed)
     model, tokenizer = load_for_training(base_dir, device)
