@@ -5,7 +5,7 @@ A line is a JSON object with
   prompt_id (str)   — pairs the same prompt across runs/steps (defaults to the prompt text)
   answer (str|null) — reference answer, for correctness
   run (str), step (int), seed (int)                 — which checkpoint produced it
-  reward (str)      — true | majority | format | random | incorrect | noisy-<p> | sft | none
+  reward (str)      — true | majority | format | random[-<γ>] | incorrect | noisy-<p> | rpr | sft | none
   sample (int)      — index of the response among those drawn for the prompt (0 for greedy)
   decoding (str)    — "greedy" or "sampled"
 Missing optional fields take the defaults below, so a file with only prompt/response is valid.
@@ -21,7 +21,7 @@ from pathlib import Path
 from dynamics.documents import atomic_path, jsonl_records
 from dynamics.errors import DynamicsError
 
-REWARD_LABELS = ("true", "majority", "format", "random", "incorrect", "noisy", "sft", "none")
+REWARD_LABELS = ("true", "majority", "format", "random", "incorrect", "noisy", "rpr", "sft", "none")
 
 
 class GenerationsError(DynamicsError):

@@ -83,13 +83,22 @@ def decode_responses(tokenizer: PreTrainedTokenizerFast, batch: Batch) -> list[s
     return rows
 
 
-def token_log_probs(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
-    """log π(response token t | everything before it), shape (batch, response length), fp32."""
+def response_log_softmax(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """log π(· | everything before response position t) over the vocabulary, shape (batch, response length,
+    vocab), fp32: row t is the distribution the response's token t was drawn from."""
     position_ids = (batch.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     with autocast(batch.input_ids.device):
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
                        use_cache=False).logits
     # The logit at position t predicts token t + 1.
-    response_logits = logits[:, batch.prompt_length - 1:-1].float()
-    log_probs = F.log_softmax(response_logits, dim=-1)
-    return log_probs.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+    return F.log_softmax(logits[:, batch.prompt_length - 1:-1].float(), dim=-1)
+
+
+def gather_tokens(log_softmax: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The response tokens' entries of a `response_log_softmax`, shape (batch, response length)."""
+    return log_softmax.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def token_log_probs(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """log π(response token t | everything before it), shape (batch, response length), fp32."""
+    return gather_tokens(response_log_softmax(model, batch), batch)

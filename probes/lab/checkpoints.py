@@ -8,6 +8,8 @@ model: a weight that no update pushes across a bf16 rounding boundary keeps its 
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -22,11 +24,20 @@ def checkpoint_name(step: int) -> str:
 
 def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, folder: Path,
                     dtype: torch.dtype) -> Path:
-    """Write a `dtype` copy of `model` and the tokenizer files into `folder`; the master model is untouched."""
+    """Write a `dtype` copy of `model` and the tokenizer files into `folder`; the master model is untouched.
+
+    The files go to `.<name>.partial` beside it, renamed to `folder` once complete, so a `checkpoint-N` folder
+    that exists is whole (a killed run leaves only the partial one, which the next save replaces).
+    """
+    folder = Path(folder)
+    partial = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
     stored = copy.deepcopy(model).to(dtype)
     with transformers_progress(False):  # a bar per shard of a few MB is noise
-        stored.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+        stored.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
     return folder
 
 

@@ -42,13 +42,14 @@ from probes.features import is_correct
 from probes.generations import read_generations
 from probes.lab.checkpoints import load_for_training
 from probes.lab.grpo import train_grpo
-from probes.lab.pretrain import pretrain_base
-from probes.lab.recorder import RunLabels, RunRecorder, heldout_generations
+from probes.lab.pretrain import BASES, pretrain_base
+from probes.lab.recorder import Evaluation, RunLabels, RunRecorder, heldout_generations
 from probes.lab.rewards import make_reward
 from probes.lab.study import LAB_PRESETS, LabConfig, last_checkpoint
 from probes.lab.tasks import make_problems
 from probes.statistics import bootstrap_mean_ci, seed_interval
 
+MASKED_RL_BASE = "template"  # the base of the Table 4 runs in docs/lab-results.md
 MASKS = ("dense", "principal", "principal_complement", "low", "principal_c_or_low", "random")
 PRINCIPAL_K = 64
 FRACTION = 0.5
@@ -78,13 +79,13 @@ def _run(job: tuple) -> dict:
     labels = RunLabels(mask_name, "true", seed)
     recorder = RunRecorder(run_dir, labels, tokenizer, heldout, config.evaluation, config.grpo.steps, False)
     write_json_document({"mask": mask_name, "seed": seed, "grpo": config.grpo.__dict__}, run_dir / "run.json")
-    recorder.start(model, [])
+    recorder.start(model, Evaluation([], []))
     handle = apply_mask(model, masks, freeze_others=False) if masks is not None else None
-    train_grpo(model, tokenizer, train, make_reward("true", seed), config.grpo, random.Random(f"prompts-{seed}"),
+    train_grpo(model, tokenizer, train, make_reward("true", seed, config.grpo.group_size), config.grpo, random.Random(f"prompts-{seed}"),
                recorder, False, description=f"{mask_name}-s{seed}")
     if handle is not None:
         handle.remove()
-    final = [g for g in read_generations(recorder.generations_path) if g.step == config.grpo.steps]
+    final = [g for g in read_generations(recorder.generations_path) if g.step == config.grpo.steps and g.decoding == "greedy"]
     correct = {g.prompt_id: float(is_correct(g.response, g.answer)) for g in final}
     return {"mask": mask_name, "seed": seed, "accuracy": float(np.mean(list(correct.values()))),
             "correct": correct, "density": density(masks)["all"] if masks is not None else 1.0,
@@ -92,9 +93,11 @@ def _run(job: tuple) -> dict:
 
 
 def mask_study_config(size: str = "small", lr: float = 1e-5, steps: int = 60) -> LabConfig:
-    """The lab preset of `size` with GRPO at `lr` for `steps` optimizer steps, saved at the last step only."""
+    """The lab preset of `size` with GRPO at `lr` for `steps` optimizer steps, saved at the last step only,
+    greedy evaluation only."""
     preset = LAB_PRESETS[size]
-    return replace(preset, grpo=replace(preset.grpo, lr=lr, steps=steps), rl_save_every_steps=steps)
+    return replace(preset, grpo=replace(preset.grpo, lr=lr, steps=steps), rl_save_every_steps=steps,
+                   evaluation=replace(preset.evaluation, samples_per_prompt=0))
 
 
 def run_mask_study(out: Path, config: LabConfig, seeds: list[int], parallel: int, device: str = "auto") -> dict:
@@ -104,8 +107,8 @@ def run_mask_study(out: Path, config: LabConfig, seeds: list[int], parallel: int
     train = make_problems(config.train_problems, "train", config.problem_seed, config.max_operand)
     heldout = make_problems(config.heldout_problems, "heldout", config.problem_seed + 1, config.max_operand)
     started = time.perf_counter()
-    base_dir = pretrain_base(train, config.size, config.corpus, config.pretrain, config.base_seed, out / "base",
-                             target, False)
+    base_dir = pretrain_base(train, config.size, BASES[MASKED_RL_BASE], config.pretrain, config.base_seed,
+                             out / "base", target, False)
     model, tokenizer = load_for_training(base_dir, target)
     base = heldout_generations(model, tokenizer, heldout, RunLabels("base", "none", 0), 0, config.evaluation)
     base_accuracy = float(np.mean([is_correct(g.response, g.answer) for g in base]))

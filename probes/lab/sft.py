@@ -1,7 +1,7 @@
 """SFT: cross-entropy on correct traces of the training problems, response tokens only.
 
-A trace's style follows the corpus (by template), with no arithmetic slips: the SFT run is shown the right
-answer in the style the base already writes. Constant learning rate after a short warmup, AdamW.
+A trace's style follows the base's corpus (its p(code)), with no arithmetic slips: the SFT run is shown the
+right answer in the style the base already writes. Constant learning rate after a short warmup, AdamW.
 """
 
 from __future__ import annotations
@@ -30,15 +30,17 @@ class SFTConfig:
 
 
 def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, problems: list[Problem],
-              settings: SFTConfig, rng: random.Random, recorder: RunRecorder, progress: bool) -> None:
-    """`settings.steps` optimizer steps of SFT; the recorder saves checkpoints on the way."""
+              settings: SFTConfig, code_probability: float | None, rng: random.Random, recorder: RunRecorder,
+              progress: bool) -> None:
+    """`settings.steps` optimizer steps of SFT on slip-free traces with the base corpus's `code_probability`
+    (None: per template); the recorder saves checkpoints on the way."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / settings.warmup_steps))
     model.train()
     bar = tqdm(range(1, settings.steps + 1), desc="sft", disable=not progress)
     for step in bar:
         batch = rng.sample(problems, settings.batch_size)
-        traces = [corpus_trace(p, rng, NO_SLIPS)[1] for p in batch]
+        traces = [corpus_trace(p, rng, NO_SLIPS, code_probability)[1] for p in batch]
         loss = text_loss(model, tokenizer, [format_prompt(p.text) for p in batch], traces, responses_only=True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -9,12 +9,13 @@ Two trace styles answer a problem:
   language: "First, 7 + 5 = 12. Then, 12 - 3 = 9. Finally, the answer is \\boxed{9}."
   code:     "```python\\ntotal = 7\\ntotal = total + 5  # 12\\ntotal = total - 3  # 9\\nprint(total)\\n```\\n
              The answer is \\boxed{9}."
-The corpus writer (`corpus_trace`) picks the style with a per-template probability, so the base model
-writes code for most, not all, problems, and makes arithmetic slips (`Slips`): a rare random slip in either
-style, and, in the language style only, a systematic one — a step with a carry or a borrow is more often than
-not written without it (48 + 7 = 45). Random slips are spread over several wrong values, so a model that
-decodes greedily learns past them; a systematic slip is the most likely continuation, so the base model
-reproduces it and its language traces are right less often than its code traces, by construction.
+The corpus writer (`corpus_trace`) draws the style per problem with p(code): one soft, template-independent
+value (`STYLE_CODE_PROBABILITY`, so the base's first answer token is a coin it can be taught to bias) or, with
+`code_probability=None`, the per-template values of `TEMPLATES` (the original base). It makes arithmetic slips
+(`Slips`): a rare random slip in either style, and a systematic one in one style — a step with a carry or a
+borrow is more often than not written without it (48 + 7 = 45). Random slips are spread over several wrong
+values, so a model that decodes greedily learns past them; a systematic slip is the most likely continuation,
+so the base model reproduces it and the style that carries it is right less often, by construction.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ TEMPLATES = (
     Template("share_more", 0.30),
     Template("lose_find", 0.25),
 )
+
+
+# The soft style preference of the code-using bases (Qwen2.5-Math writes code for about 65% of MATH problems).
+STYLE_CODE_PROBABILITY = 0.65
 
 
 @dataclass(frozen=True)
@@ -153,11 +158,16 @@ def make_problems(count: int, split: Split, seed: int, max_operand: int) -> list
 
 @dataclass(frozen=True)
 class Slips:
-    """Arithmetic errors of the corpus writer, per step: `random` in either style (result off by 1..3) and
-    `language_carry` in the language style on a step with a carry (+) or borrow (−): the result ∓ 10."""
+    """Arithmetic errors of the corpus writer, per step: `random` in either style (result off by 1..3), and the
+    forgotten carry (+) or borrow (−) on such a step (the result ∓ 10): `language_carry` in the language style,
+    `code_carry` in the code style."""
 
     random: float = 0.05
     language_carry: float = 0.6
+    code_carry: float = 0.0
+
+    def carry(self, style: Style) -> float:
+        return self.code_carry if style == "code" else self.language_carry
 
 
 DEFAULT_SLIPS = Slips()
@@ -203,16 +213,23 @@ def trace(problem: Problem, style: Style, steps: tuple[Step, ...] | None = None)
     return (code_trace if style == "code" else language_trace)(steps if steps is not None else problem.steps)
 
 
-def corpus_trace(problem: Problem, rng: random.Random, slips: Slips) -> tuple[Style, str]:
-    """A corpus trace: style drawn by the template's code probability; a slipped step's wrong result is carried
-    on into the later steps, so the boxed answer is wrong too."""
-    template = next(t for t in TEMPLATES if t.name == problem.template)
-    style: Style = "code" if rng.random() < template.code_probability else "language"
+def code_probability_of(problem: Problem, code_probability: float | None) -> float:
+    """p(code) for `problem`: `code_probability` itself, or the problem template's value when it is None."""
+    if code_probability is not None:
+        return code_probability
+    return next(t for t in TEMPLATES if t.name == problem.template).code_probability
+
+
+def corpus_trace(problem: Problem, rng: random.Random, slips: Slips,
+                 code_probability: float | None) -> tuple[Style, str]:
+    """A corpus trace: style code with `code_probability_of(problem, code_probability)`, else language; a
+    slipped step's wrong result is carried on into the later steps, so the boxed answer is wrong too."""
+    style: Style = "code" if rng.random() < code_probability_of(problem, code_probability) else "language"
     steps: list[Step] = []
     carried: int | None = None
     for s in problem.steps:
         step = s if carried is None else _apply(carried, s.op, s.right)
-        if style == "language" and has_carry_or_borrow(step) and rng.random() < slips.language_carry:
+        if has_carry_or_borrow(step) and slips.carry(style) > 0 and rng.random() < slips.carry(style):
             step = _forgotten_carry(step)
         elif rng.random() < slips.random:
             step = _random_slip(step, rng)
