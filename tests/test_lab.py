@@ -466,6 +466,24 @@ def test_study_resumes_complete_runs_and_retrains_broken_ones(tmp_path: Path) ->
     assert ablation["ablation"] == "clip-off" and ablation["config"]["clip"] is False
 
 
+def test_a_killed_study_lists_the_runs_it_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import probes.lab.study as study
+
+    trained = study.train_run
+
+    def dies_on_true(*job):
+        if job[1].reward == "true":
+            raise KeyboardInterrupt  # the study is killed while it trains its second run
+        return trained(*job)
+
+    monkeypatch.setattr(study, "train_run", dies_on_true)
+    out = tmp_path / "lab"
+    with pytest.raises(KeyboardInterrupt):
+        run_study(micro_lab_config(), out, seeds=[1], rewards=["random", "true"], device="cpu", progress=False)
+    runs = json.loads((out / "manifest.json").read_text())["runs"]
+    assert [e["path"] for e in runs] == ["code-helps/grpo-random-s1"]
+
+
 def test_ablations_change_only_their_knob() -> None:
     grpo = LAB_PRESETS["small"].grpo
     assert ablated(grpo, None) == grpo and ablated(grpo, "clip-off") == replace(grpo, clip=False)

@@ -40,6 +40,7 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
@@ -194,23 +195,26 @@ def run_study(config: LabConfig, out: Path, seeds: list[int], rewards: list[str]
     specs = run_specs(list(rewards or DEFAULT_REWARDS), seeds, list(bases or DEFAULT_BASES), list(ablations or []))
     torch_device = resolve_device(device)
     out = Path(out)
-    previous = _previous_runs(out, config.size)
+    entries = {e["path"]: e for e in _previous_runs(out, config.size)}
+    path = out / "manifest.json"
+
+    def finished(spec: RunSpec) -> None:
+        """List a run in the manifest as soon as it is complete, so a killed study lists what it finished."""
+        entries[spec.folder_name] = {"run": spec.run, "reward": spec.reward, "seed": spec.seed,
+                                     "path": spec.folder_name, "base": base_folder_name(spec.base)}
+        names = sorted({e["base"] for e in entries.values()})
+        write_json_document({"schema": LAB_SCHEMA, "size": config.size,
+                             "bases": {n.removeprefix("base-"): n for n in names}, "runs": list(entries.values())},
+                            path)
+
     previous_threads = torch.get_num_threads()
     if torch_device.type == "cpu":
         torch.set_num_threads(CPU_THREADS)
     try:
         with torch.random.fork_rng(devices=[]):
-            _run_study(config, out, specs, torch_device, progress)
+            _run_study(config, out, specs, torch_device, progress, finished)
     finally:
         torch.set_num_threads(previous_threads)
-    entries = {e["path"]: e for e in previous}
-    entries.update({s.folder_name: {"run": s.run, "reward": s.reward, "seed": s.seed, "path": s.folder_name,
-                                    "base": base_folder_name(s.base)} for s in specs})
-    names = sorted({e["base"] for e in entries.values()})
-    manifest = {"schema": LAB_SCHEMA, "size": config.size,
-                "bases": {n.removeprefix("base-"): n for n in names}, "runs": list(entries.values())}
-    path = out / "manifest.json"
-    write_json_document(manifest, path)
     return path
 
 
@@ -233,11 +237,16 @@ def _previous_runs(out: Path, size: str) -> list[dict]:
     return runs
 
 
-def _run_study(config: LabConfig, out: Path, specs: list[RunSpec], device: torch.device, progress: bool) -> None:
-    """Prepare the bases the pending runs need (in parallel on a GPU), then train the pending runs."""
+def _run_study(config: LabConfig, out: Path, specs: list[RunSpec], device: torch.device, progress: bool,
+               finished: Callable[[RunSpec], None]) -> None:
+    """Prepare the bases the pending runs need (in parallel on a GPU), then train the pending runs; `finished`
+    is called with every run that is complete, in order, those of an earlier call first."""
     train = make_problems(config.train_problems, "train", config.problem_seed, config.max_operand)
     heldout = make_problems(config.heldout_problems, "heldout", config.problem_seed + 1, config.max_operand)
     pending = [s for s in specs if not run_complete(config, s, out / s.folder_name)]
+    for spec in specs:
+        if spec not in pending:
+            finished(spec)
     bases = list(dict.fromkeys(s.base for s in pending))
     base_jobs = [(config, base, out, train, heldout, any(s.reward == "incorrect" for s in pending if s.base == base),
                   device, progress) for base in bases]
@@ -246,16 +255,19 @@ def _run_study(config: LabConfig, out: Path, specs: list[RunSpec], device: torch
              prepared[spec.base][1] if spec.reward == "incorrect" else train, heldout, prepared[spec.base][0],
              device, progress and config.parallel_runs == 1) for spec in pending]
     for seconds, spec in _map(_train_run_job, jobs, config.parallel_runs):
+        finished(spec)
         if progress and config.parallel_runs > 1:
             print(f"{spec.folder_name}: {seconds:.0f} s")
 
 
-def _map(function, jobs: list[tuple], parallel: int) -> list:
-    """`function` over `jobs`, in `parallel` spawned processes when more than one (each job's own CUDA context)."""
+def _map(function, jobs: list[tuple], parallel: int) -> Iterator:
+    """`function` over `jobs` (results in job order, each as soon as it and those before it are done), in
+    `parallel` spawned processes when more than one (each job's own CUDA context)."""
     if parallel > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(min(parallel, len(jobs)), mp_context=get_context("spawn")) as pool:
-            return list(pool.map(function, jobs))
-    return [function(job) for job in jobs]
+            yield from pool.map(function, jobs)
+    else:
+        yield from (function(job) for job in jobs)
 
 
 def _prepare_base(job: tuple) -> tuple[Evaluation, list[Problem]]:
