@@ -15,6 +15,7 @@ REWARD_COLOURS: dict[str, str] = {
     "random": "#E69F00",     # orange
     "incorrect": "#D55E00",  # vermillion
     "noisy": "#CC79A7",      # reddish purple
+    "rpr": "#F0E442",        # yellow
     "sft": "#000000",        # black
     "none": "#999999",       # grey
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 
 from dynamics.cli import demo, diff, extract_lora, lab, optimizer, overlap, paper_metrics, probe, report, series
 from dynamics.cli.common import DynamicsParser, check_outputs
@@ -17,9 +17,25 @@ from dynamics.errors import DynamicsError
 COMMANDS = (diff, overlap, extract_lora, paper_metrics, optimizer, report, series, probe, lab, demo)
 
 
+class _Version(argparse.Action):
+    """`--version`: the installed package's version, looked up only when asked (a source checkout on
+    PYTHONPATH has no package metadata and must still run every other command)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        try:
+            found = version("dynamics")
+        except PackageNotFoundError:
+            found = "(not installed: running from a source checkout)"
+        print(f"dynamics {found}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = DynamicsParser(prog="dynamics", description="Parameter-update dynamics inspector.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version('dynamics')}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)
