@@ -63,6 +63,10 @@ chosen = min(binding, key=float) if binding else max(rates, key=float)
 print(chosen)
 EOF
 )
+if ! grep -q '"steps"' "$OUT/lr_sweep.json"; then
+  phase "no run of the learning-rate sweep finished (budget too small for pretraining + one run): stopping"
+  exit 1
+fi
 phase "chosen GRPO learning rate: $LR"
 
 phase "2: the study at $LR (code-helps first, its ablations; code-hurts and no-code beside)"
