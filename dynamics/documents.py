@@ -10,7 +10,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from dynamics.errors import DynamicsError, OutputError
@@ -80,6 +80,18 @@ def write_json_document(doc: dict, path: str | Path) -> None:
     """Any JSON document, atomically; NaN/Inf floats become null so the file is strict JSON."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(finite_json(doc), indent=1, allow_nan=False))
+
+
+def write_jsonl_records(rows: Iterable[dict], path: str | Path, append: bool = False) -> None:
+    """One JSON object per line; appended to an existing file with `append`, else written atomically."""
+    path = Path(path)
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if append and path.exists():
+        with path.open("a") as f:
+            f.write(text)
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def check_schema(doc: object, schema: str, where: str = "document",

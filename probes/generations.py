@@ -13,12 +13,11 @@ Missing optional fields take the defaults below, so a file with only prompt/resp
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from dynamics.documents import atomic_path, jsonl_records
+from dynamics.documents import jsonl_records, write_jsonl_records
 from dynamics.errors import DynamicsError
 
 REWARD_LABELS = ("true", "majority", "format", "random", "incorrect", "noisy", "rpr", "sft", "none")
@@ -77,11 +76,4 @@ def read_generations(path: str | Path) -> list[Generation]:
 
 def write_generations(generations: Iterable[Generation], path: str | Path, append: bool = False) -> None:
     """Write (or append to) a generations jsonl file; a fresh file is written atomically."""
-    path = Path(path)
-    text = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in map(asdict, generations))
-    if append and path.exists():
-        with path.open("a") as f:
-            f.write(text)
-        return
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_jsonl_records(map(asdict, generations), path, append)

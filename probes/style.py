@@ -17,7 +17,6 @@ bootstrap CI and a paired sign-flip permutation p (the prompts are the same for 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dynamics.devices import resolve_device
-from dynamics.documents import STYLE_SCHEMA, atomic_path, check_schema, finite_json, jsonl_records
+from dynamics.documents import STYLE_SCHEMA, check_schema, finite_json, jsonl_records, write_jsonl_records
 from dynamics.errors import DynamicsError
 from probes.behavior import SeedShift, Shift, across_seeds, prompt_shift
 from probes.kl import float32_matmuls
@@ -110,14 +109,7 @@ def style_probability(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 
 def write_style_records(records: Iterable[StyleRecord], path: str | Path, append: bool = False) -> None:
     """Write (or append to) a style records jsonl file; a fresh file is written atomically."""
-    path = Path(path)
-    text = "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in records)
-    if append and path.exists():
-        with path.open("a") as f:
-            f.write(text)
-        return
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_jsonl_records(map(asdict, records), path, append)
 
 
 def read_style_records(path: str | Path) -> list[StyleRecord]:

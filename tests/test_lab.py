@@ -467,7 +467,7 @@ def test_study_resumes_complete_runs_and_retrains_broken_ones(tmp_path: Path) ->
 
 
 def test_a_killed_study_lists_the_runs_it_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import probes.lab.study as study
+    from probes.lab import study
 
     trained = study.train_run
 
