@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> None:
     else:
         print(f"\nAt CPU size no spurious reward moved the style: no p(code) or code-rate shift of the random, "
               f"format and incorrect runs reaches {MIN_STYLE_SHIFT:.2f} with a CI that excludes 0. "
-              f"The GPU study, where they can, is in {GPU_RESULTS}.")
+              f"The GPU study (Lab II, not run yet: see {GPU_RESULTS}) is where they could.")
     print(f"\nlab runs: {demo.lab_dir} (manifest.json, checkpoints, generations.jsonl per run)")
     print(f"full diffs: {demo.diff_paths['true'].parent}/*.json")
     for label, path in demo.reports.items():
